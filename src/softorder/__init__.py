@@ -1,0 +1,52 @@
+"""softorder: deep multitask learning with soft layer ordering (Meyerson & Miikkulainen, ICLR 2018).
+
+The ordered cores (:class:`SoftOrdering`, :class:`ParallelOrdering`, :class:`PermutedOrdering`,
+:class:`SingleTaskCores`) are plain ``nn.Module`` s that take rows of many tasks at once; the
+:class:`MultitaskModel` puts per-task encoders and decoders around them, and :func:`fit` trains it
+the way the paper does.
+"""
+
+from softorder.layers import ConvPool, Dense, GlobalAveragePool, TaskDense, ZeroPadChannels, dense_decoder, dense_encoder
+from softorder.model import MultitaskModel, build_model, make_core, make_layers
+from softorder.orderings import (
+    ORDERINGS,
+    OrderedCore,
+    ParallelOrdering,
+    PermutedOrdering,
+    SingleTaskCores,
+    SoftOrdering,
+)
+from softorder.tasks import Batch, MultitaskData, TaskArrays, TaskSpec, TensorTasks
+from softorder.train import History, TrainConfig, TrainingDiverged, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ORDERINGS",
+    "Batch",
+    "ConvPool",
+    "Dense",
+    "GlobalAveragePool",
+    "History",
+    "MultitaskData",
+    "MultitaskModel",
+    "OrderedCore",
+    "ParallelOrdering",
+    "PermutedOrdering",
+    "SingleTaskCores",
+    "SoftOrdering",
+    "TaskArrays",
+    "TaskDense",
+    "TaskSpec",
+    "TensorTasks",
+    "TrainConfig",
+    "TrainingDiverged",
+    "ZeroPadChannels",
+    "build_model",
+    "dense_decoder",
+    "dense_encoder",
+    "evaluate",
+    "fit",
+    "make_core",
+    "make_layers",
+]

@@ -1,0 +1,139 @@
+"""Reading what an ordered core learned: layer usage, strongest paths, task distances; and plots.
+
+Every ordering exposes ``mixing()`` of shape (num_tasks, L, depth), so these work for all of them
+(parallel and permuted give one-hot usage). Plot functions write a PNG and return its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from softorder._io import atomic_write_bytes
+
+
+def _as_array(mixing: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(mixing, Tensor):
+        mixing = mixing.detach().cpu().numpy()
+    mixing = np.asarray(mixing, dtype=float)
+    if mixing.ndim != 3:
+        raise ValueError(f"mixing must have shape (tasks, layers, depth), got {mixing.shape}")
+    return mixing
+
+
+def strongest_path(mixing: Tensor | np.ndarray) -> np.ndarray:
+    """The most used layer at each depth for each task: (tasks, depth) layer indices."""
+    return _as_array(mixing).argmax(axis=1)
+
+
+def task_distance_by_depth(mixing: Tensor | np.ndarray, a: int = 0, b: int = 1) -> np.ndarray:
+    """Euclidean distance between tasks a and b's layer weights at each depth: (depth,) (Fig. 4b)."""
+    m = _as_array(mixing)
+    return np.linalg.norm(m[a] - m[b], axis=0)
+
+
+def hardness(mixing: Tensor | np.ndarray) -> np.ndarray:
+    """The largest weight at each (task, depth): (tasks, depth); 1 means a hard ordering (Fig. 4c)."""
+    return _as_array(mixing).max(axis=1)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _layer_labels(num_rows: int, identity_layer: bool) -> list[str]:
+    labels = [f"L{j + 1}" for j in range(num_rows - int(identity_layer))]
+    return labels + (["I"] if identity_layer else [])
+
+
+def plot_layer_usage(
+    mixing: Tensor | np.ndarray,
+    task_names: Sequence[str],
+    path: str | Path,
+    *,
+    identity_layer: bool = False,
+    max_tasks: int = 16,
+    title: str | None = None,
+) -> Path:
+    """One panel per task: shading = weight of layer j (rows) at depth k (columns), strongest path drawn.
+
+    The figure of learned layer usage by depth (as the paper's Fig. 4d).
+    """
+    plt = _pyplot()
+    m = _as_array(mixing)[:max_tasks]
+    tasks, layers, depth = m.shape
+    cols = min(tasks, 4)
+    rows = (tasks + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.3 * rows + 0.6), squeeze=False)
+    labels = _layer_labels(layers, identity_layer)
+    image = None
+    for t in range(rows * cols):
+        ax = axes[t // cols][t % cols]
+        if t >= tasks:
+            ax.axis("off")
+            continue
+        image = ax.imshow(m[t], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto", origin="upper")
+        path_rows = m[t].argmax(axis=0)
+        ax.plot(range(depth), path_rows, color="crimson", marker="o", lw=2, ms=5)
+        ax.set_title(str(task_names[t])[:24], fontsize=9)
+        ax.set_xticks(range(depth), [str(k + 1) for k in range(depth)], fontsize=8)
+        ax.set_yticks(range(layers), labels, fontsize=8)
+        if t % cols == 0:
+            ax.set_ylabel("layer")
+        if t // cols == rows - 1:
+            ax.set_xlabel("depth")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="weight of layer at depth")
+    fig.suptitle(title or "Learned layer usage by depth (red: strongest path)", fontsize=11)
+    return _save(fig, path)
+
+
+def plot_usage_distribution(
+    mixing: Tensor | np.ndarray,
+    path: str | Path,
+    *,
+    identity_layer: bool = False,
+    title: str | None = None,
+) -> Path:
+    """For each layer, the distribution over tasks of its weight at each depth (Fig. 6b, 7a-b)."""
+    plt = _pyplot()
+    m = _as_array(mixing)
+    tasks, layers, depth = m.shape
+    labels = _layer_labels(layers, identity_layer)
+    fig, axes = plt.subplots(1, layers, figsize=(2.4 * layers + 0.5, 2.8), sharey=True, squeeze=False)
+    for j in range(layers):
+        ax = axes[0][j]
+        ax.boxplot([m[:, j, k] for k in range(depth)], tick_labels=[str(k + 1) for k in range(depth)], widths=0.6)
+        ax.plot(range(1, depth + 1), m[:, j, :].mean(axis=0), color="crimson", marker="o", lw=1.5, label="mean")
+        ax.set_title(f"layer {labels[j]}", fontsize=10)
+        ax.set_xlabel("depth")
+        if j == 0:
+            ax.set_ylabel(f"usage over {tasks} tasks")
+    fig.suptitle(title or "Distribution of layer usage by depth", fontsize=11)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def mixing_of(model: torch.nn.Module) -> np.ndarray:
+    """The mixing weights of a model's core (or of a core itself) as a NumPy array."""
+    core = getattr(model, "core", model)
+    with torch.no_grad():
+        return core.mixing().detach().cpu().numpy()

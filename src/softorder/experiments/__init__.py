@@ -1,0 +1,42 @@
+"""One module per experiment of the paper, each a named preset for ``softorder reproduce NAME``.
+
+Each module defines ``EXPERIMENT``, an :class:`~softorder.experiments.runner.Experiment`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from softorder.experiments.runner import Experiment
+
+# preset name -> module under softorder.experiments
+PRESETS: dict[str, str] = {
+    "random-tasks": "random_tasks",
+    "mnist": "mnist",
+    "visualize": "visualize",
+    "uci": "uci",
+    "omniglot": "omniglot",
+    "celeba": "celeba",
+}
+
+
+def get_experiment(name: str) -> Experiment:
+    """The preset called ``name``; a clear error for unknown or not yet available presets."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown experiment {name!r}; presets are {', '.join(PRESETS)}")
+    try:
+        module = importlib.import_module(f"softorder.experiments.{PRESETS[name]}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"softorder.experiments.{PRESETS[name]}":
+            raise KeyError(f"experiment {name!r} is not implemented in this version") from None
+        raise
+    return module.EXPERIMENT
+
+
+def available() -> list[str]:
+    """Names of the presets whose modules exist."""
+    names = []
+    for name, module in PRESETS.items():
+        if importlib.util.find_spec(f"softorder.experiments.{module}") is not None:
+            names.append(name)
+    return names

@@ -1,0 +1,154 @@
+"""Running an experiment: a grid of independent trials, each in its own directory, then a summary.
+
+An :class:`Experiment` lists its trials for a resolved configuration, runs one trial into its
+directory, and summarises the finished ones. :func:`run_experiment` writes ``config.json``, runs every
+trial whose ``result.json`` is missing (a finished trial is never run again; an interrupted one
+continues from its checkpoint), then writes ``summary.json`` and the figures. The trial loop is
+pluggable (``executor``) so that the same experiment runs one trial after another or as a sweep.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from softorder._io import atomic_write_json
+
+RESULT_NAME = "result.json"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One independent training run of an experiment: a unique key and its parameters."""
+
+    key: str
+    params: Mapping[str, Any]
+
+    @property
+    def dirname(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._=-]+", "_", self.key)
+
+
+class Experiment(ABC):
+    """A named preset: its configuration, its trials, how to run one and how to summarise."""
+
+    name: str = ""
+    description: str = ""
+
+    @abstractmethod
+    def default_config(self, quick: bool) -> dict[str, Any]:
+        """The paper's settings, or the ``--quick`` ones for two CPU cores."""
+
+    @abstractmethod
+    def trials(self, config: Mapping[str, Any]) -> list[Trial]:
+        """Every trial of the grid, in a fixed order."""
+
+    @abstractmethod
+    def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
+        """Run one trial (resumable from ``trial_dir``) and return its JSON-able result."""
+
+    @abstractmethod
+    def summarize(self, config: Mapping[str, Any], results: Mapping[str, dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """Summary of the finished trials (``results[trial.key]``); writes the figures into out_dir."""
+
+    def resolve_config(self, quick: bool, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated with ``overrides``, rejecting unknown keys with a suggestion."""
+        config = self.default_config(quick)
+        for key, value in (overrides or {}).items():
+            if key not in config:
+                close = difflib.get_close_matches(key, list(config), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{self.name}: unknown option {key!r}{hint} (options: {', '.join(sorted(config))})")
+            config[key] = value
+        config["quick"] = quick
+        return config
+
+
+TrialExecutor = Callable[[Experiment, Mapping[str, Any], Sequence[Trial], Path, "Path | None"], None]
+
+
+def run_trials_locally(experiment: Experiment, config: Mapping[str, Any], trials: Sequence[Trial], out_dir: Path, data_dir: Path | None, out: TextIO = sys.stderr) -> None:
+    """Run the pending trials one after another in this process."""
+    for i, trial in enumerate(trials, 1):
+        print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key}", file=out, flush=True)
+        run_one_trial(experiment, config, trial, out_dir, data_dir)
+
+
+def run_one_trial(experiment: Experiment, config: Mapping[str, Any], trial: Trial, out_dir: Path, data_dir: Path | None) -> dict[str, Any]:
+    """Run a trial into ``out_dir/trials/<trial>`` and write its result atomically."""
+    trial_dir = out_dir / "trials" / trial.dirname
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    result = experiment.run_trial(config, trial, trial_dir, data_dir)
+    atomic_write_json(trial_dir / RESULT_NAME, {"key": trial.key, "params": dict(trial.params), "result": result})
+    return result
+
+
+def finished_results(out_dir: Path, trials: Iterable[Trial]) -> dict[str, dict[str, Any]]:
+    """``{trial.key: result}`` for every trial whose result file exists."""
+    results = {}
+    for trial in trials:
+        path = out_dir / "trials" / trial.dirname / RESULT_NAME
+        if path.exists():
+            results[trial.key] = json.loads(path.read_text())["result"]
+    return results
+
+
+def run_experiment(
+    experiment: Experiment,
+    out_dir: str | Path,
+    *,
+    quick: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    data_dir: Path | None = None,
+    executor: TrialExecutor | None = None,
+    out: TextIO = sys.stderr,
+) -> dict[str, Any]:
+    """Run (or resume) an experiment into ``out_dir`` and return its summary.
+
+    A directory made by an earlier run must have the same resolved configuration: a changed
+    setting would mix incompatible trials, so it is refused with the differing keys named.
+    """
+    out_dir = Path(out_dir)
+    config = experiment.resolve_config(quick, overrides)
+    config_path = out_dir / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k) and k != "data_dir")
+        if changed:
+            raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); use another --out or the same settings")
+    atomic_write_json(config_path, {**config, "experiment": experiment.name})
+    config = {**config, "experiment": experiment.name}
+    trials = experiment.trials(config)
+    done = finished_results(out_dir, trials)
+    pending = [t for t in trials if t.key not in done]
+    print(f"[{experiment.name}] {len(trials)} trials, {len(done)} already finished, {len(pending)} to run -> {out_dir}", file=out, flush=True)
+    (executor or run_trials_locally)(experiment, config, pending, out_dir, data_dir)
+    results = finished_results(out_dir, trials)
+    summary = experiment.summarize(config, results, out_dir)
+    summary = {"experiment": experiment.name, "trials_finished": len(results), "trials_total": len(trials), **summary}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Mean, sample standard deviation and the half-width of a t-based confidence interval."""
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if x.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "ci95": float("nan"), "n": 0}
+    if x.size == 1:
+        return {"mean": float(x[0]), "std": 0.0, "ci95": float("nan"), "n": 1}
+    from scipy import stats  # scikit-learn's own dependency
+
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * std / math.sqrt(x.size))
+    return {"mean": float(x.mean()), "std": std, "ci95": half, "n": int(x.size)}

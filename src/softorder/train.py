@@ -1,0 +1,353 @@
+"""The paper's training procedure (Appendix A), with checkpoints, history and exact resumption.
+
+Each iteration draws a batch of every task, sums the tasks' losses and makes one update (Adam with
+default parameters unless configured). Optionally, once the summed validation loss stops improving,
+training continues with a second optimizer (the paper's CelebA runs: RMSProp, learning rate 1e-5).
+
+A run directory holds ``checkpoint.pt`` (model, optimizer, random state, iteration, history), written
+atomically, and ``history.json`` or ``history.csv``. Training batch ``i`` is a pure function of the
+seed and ``i``, and the random state (dropout) is checkpointed, so a run stopped part-way and resumed
+ends with exactly the parameters of an uninterrupted run on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from softorder._io import atomic_write_bytes, atomic_write_json
+from softorder.model import MultitaskModel
+from softorder.tasks import Batch, MultitaskData, mean_or_nan
+
+CHECKPOINT_NAME = "checkpoint.pt"
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+    "adamw": torch.optim.AdamW,
+}
+
+
+class TrainingDiverged(RuntimeError):
+    """A task's loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. Build from a dict with :meth:`from_dict` to get key checking."""
+
+    iterations: int = 1000
+    batch_size: int = 64  # rows per task per iteration (or shared rows, for a shared encoder)
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    eval_every: int = 100  # iterations between evaluations (and checkpoints); 0: only at the end
+    eval_splits: tuple[str, ...] = ("val", "test")
+    eval_batch_size: int = 1024
+    seed: int = 0  # batches and dropout
+    second_optimizer: str | None = None  # e.g. "rmsprop": switch once validation loss stalls
+    second_lr: float = 1e-5
+    patience: int = 5  # evaluations without validation-loss improvement before the switch
+    num_workers: int = 0  # DataLoader workers producing training batches
+    device: str = "cpu"
+    progress: bool = True
+    history_format: str = "json"  # or "csv"
+
+    def __post_init__(self) -> None:
+        self.eval_splits = tuple(self.eval_splits)
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in (self.optimizer, self.second_optimizer):
+            if name is not None and name not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(OPTIMIZERS)}")
+        if self.history_format not in ("json", "csv"):
+            raise ValueError(f"history_format must be 'json' or 'csv', got {self.history_format!r}")
+        bad = [s for s in self.eval_splits if s not in ("train", "val", "test")]
+        if bad:
+            raise ValueError(f"unknown eval split(s) {bad}; expected 'train', 'val' or 'test'")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys with a suggestion for likely typos."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown training option {key!r}{hint} (options: {', '.join(names)})")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eval_splits"] = list(self.eval_splits)
+        return d
+
+
+@dataclass
+class History:
+    """One record per evaluation: iteration, phase, train loss, per-task errors and losses per split."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def series(self, key: str) -> list[float]:
+        return [r[key] for r in self.records if key in r]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.records[-1] if self.records else {}
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: MultitaskModel, data: MultitaskData, split: str, *, batch_size: int = 1024, device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+    """Per-task mean error and mean loss on one split: ``{task: {"error": e, "loss": l}}``.
+
+    Error is the misclassification rate for classification tasks and the mean squared error for
+    regression tasks. Tasks without rows in the split are left out.
+    """
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    try:
+        for batch in data.eval_batches(split, batch_size):
+            batch = batch.to(device)
+            outputs = model(batch.inputs, list(batch.targets))
+            for name, target in batch.targets.items():
+                spec = data.spec(name)
+                logits = outputs[name]
+                acc = sums.setdefault(name, [0.0, 0.0, 0])
+                acc[0] += spec.error_sum(logits, target)
+                acc[1] += float(spec.loss(logits, target)) * target.shape[0]
+                acc[2] += target.shape[0]
+    finally:
+        model.train(was_training)
+    return {n: {"error": e / c, "loss": l / c} for n, (e, l, c) in sums.items() if c > 0}
+
+
+# --- checkpoints and files ----------------------------------------------------------------------
+
+
+def save_history(path: Path, history: History) -> None:
+    """Write the history as JSON (a list of records) or CSV (one row per record), by suffix."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        keys: list[str] = []
+        for r in history.records:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history.records)
+        atomic_write_bytes(path, buf.getvalue().encode())
+    else:
+        atomic_write_json(path, history.records)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (tensors and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+class _IterationBatches(Dataset):
+    """Map-style view of a task set's training batches: item i is batch i (for DataLoader workers)."""
+
+    def __init__(self, data: MultitaskData, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+
+    def __len__(self) -> int:  # not used: the sampler bounds the iterations
+        return 2**62
+
+    def __getitem__(self, iteration: int) -> Batch:
+        return self.data.train_batch(iteration, self.batch_size, self.seed)
+
+
+def _keep_batch(batch: Batch) -> Batch:
+    return batch
+
+
+def _train_batches(data: MultitaskData, config: TrainConfig, start: int) -> Iterable[Batch]:
+    if config.num_workers <= 0:
+        return (data.train_batch(i, config.batch_size, config.seed) for i in range(start, config.iterations))
+    return DataLoader(
+        _IterationBatches(data, config.batch_size, config.seed),
+        sampler=range(start, config.iterations),
+        batch_size=None,
+        collate_fn=_keep_batch,
+        num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(config.seed),  # keeps the global (dropout) RNG untouched
+    )
+
+
+def check_compatible(model: MultitaskModel, data: MultitaskData) -> None:
+    """Raise a clear error if the model and the data disagree on tasks, shapes or kinds."""
+    model_specs = {s.name: s for s in model.specs}
+    unknown = [s.name for s in data.specs if s.name not in model_specs]
+    if unknown:
+        raise ValueError(f"data has tasks {unknown} that the model does not have (model tasks: {model.task_names})")
+    for s in data.specs:
+        m = model_specs[s.name]
+        if (m.kind, m.num_outputs) != (s.kind, s.num_outputs):
+            raise ValueError(f"task {s.name!r}: model predicts {m.kind}/{m.num_outputs}, data has {s.kind}/{s.num_outputs}")
+    if data.shared_input != (model.shared_encoder is not None):
+        want = "a shared encoder" if data.shared_input else "per-task encoders"
+        raise ValueError(f"the data gives one batch of rows to every task, so the model needs {want}")
+
+
+def _make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    return OPTIMIZERS[name](params, lr=lr)
+
+
+def fit(
+    model: MultitaskModel,
+    data: MultitaskData,
+    config: TrainConfig | Mapping[str, Any] | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> History:
+    """Train ``model`` on ``data``; returns the evaluation history.
+
+    With ``run_dir``, a checkpoint and the history are written there at every evaluation, and an
+    existing checkpoint is continued from when ``resume`` is true. ``on_eval`` is called with each
+    history record (e.g. to record extra quantities such as the mixing weights).
+    """
+    if config is None:
+        config = TrainConfig()
+    elif not isinstance(config, TrainConfig):
+        config = TrainConfig.from_dict(config)
+    check_compatible(model, data)
+    device = torch.device(config.device)
+    model.to(device)
+    run_path = Path(run_dir) if run_dir is not None else None
+    history_path = run_path / f"history.{config.history_format}" if run_path else None
+    ckpt_path = run_path / CHECKPOINT_NAME if run_path else None
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(config.optimizer, trainable, config.lr)
+    history = History()
+    state = {"iteration": 0, "phase": 1, "best_val": math.inf, "stale": 0, "elapsed": 0.0}
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        state.update(ckpt["state"])
+        if state["phase"] == 2:
+            optimizer = _make_optimizer(config.second_optimizer or config.optimizer, trainable, config.second_lr)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng"])
+        history = History(list(ckpt["history"]))
+    else:
+        torch.manual_seed(config.seed)
+
+    def evaluation(iteration: int, train_loss: float) -> bool:
+        """Append a history record; True when validation loss stalled and phase 2 begins."""
+        record: dict[str, Any] = {"iteration": iteration, "phase": state["phase"], "train_loss": train_loss}
+        for split in config.eval_splits:
+            if not data.has_split(split):
+                continue
+            result = evaluate(model, data, split, batch_size=config.eval_batch_size, device=device)
+            for name, r in result.items():
+                record[f"{split}_error/{name}"] = r["error"]
+            record[f"{split}_error"] = mean_or_nan({n: r["error"] for n, r in result.items()})
+            record[f"{split}_loss"] = sum(r["loss"] for r in result.values())  # A: sum over tasks
+        record["elapsed_s"] = state["elapsed"]
+        history.records.append(record)
+        if on_eval is not None:
+            on_eval(record)
+        val_loss = record.get("val_loss")
+        if config.second_optimizer and state["phase"] == 1 and val_loss is not None:
+            if val_loss < state["best_val"]:
+                state["best_val"], state["stale"] = val_loss, 0
+            else:
+                state["stale"] += 1
+            if state["stale"] >= config.patience:
+                state["phase"] = 2
+                record["switched_optimizer"] = config.second_optimizer
+                return True
+        return False
+
+    start = int(state["iteration"])
+    bar = tqdm(total=config.iterations, initial=start, disable=not config.progress, desc="train", dynamic_ncols=True)
+    running, count = 0.0, 0
+    model.train()
+    tick = time.perf_counter()
+    try:
+        for iteration, batch in enumerate(_train_batches(data, config, start), start=start):
+            batch = batch.to(device)
+            outputs = model(batch.inputs, list(batch.targets))
+            losses = {n: data.spec(n).loss(outputs[n], t) for n, t in batch.targets.items()}
+            loss = torch.stack(list(losses.values())).sum()
+            if not torch.isfinite(loss):
+                name, value = next((n, v.item()) for n, v in losses.items() if not torch.isfinite(v))
+                where = f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path else "no checkpoint was written"
+                raise TrainingDiverged(f"loss of task {name!r} is {value} at iteration {iteration}; {where}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+            count += 1
+            bar.update(1)
+            done = iteration + 1
+            if done % 50 == 0:
+                bar.set_postfix(loss=f"{running / count:.4f}")
+            at_eval = done == config.iterations or (config.eval_every > 0 and done % config.eval_every == 0)
+            if at_eval:
+                state["elapsed"] += time.perf_counter() - tick
+                if evaluation(done, running / max(count, 1)):
+                    optimizer = _make_optimizer(config.second_optimizer, trainable, config.second_lr)  # type: ignore[arg-type]
+                running, count = 0.0, 0
+                state["iteration"] = done
+                if ckpt_path is not None:
+                    save_checkpoint(
+                        ckpt_path,
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "rng": torch.get_rng_state(),
+                            "state": dict(state),
+                            "history": history.records,
+                            "config": config.to_dict(),
+                        },
+                    )
+                    save_history(history_path, history)  # type: ignore[arg-type]
+                tick = time.perf_counter()
+    finally:
+        bar.close()
+    if not history.records:  # zero iterations: still report where the model stands
+        evaluation(start, float("nan"))
+    return history
+
+
+def mixing_snapshot(model: MultitaskModel) -> list:
+    """The core's mixing weights as nested lists (num_tasks x L x depth), for history records."""
+    with torch.no_grad():
+        return model.core.mixing().cpu().tolist()
