@@ -137,3 +137,37 @@ def mixing_of(model: torch.nn.Module) -> np.ndarray:
     core = getattr(model, "core", model)
     with torch.no_grad():
         return core.mixing().detach().cpu().numpy()
+
+
+def task_similarity(mixing: Tensor | np.ndarray) -> np.ndarray:
+    """How alike two tasks' learned orders are: cosine similarity of their flattened weights, (T, T).
+
+    The paper's Sec. 6 suggests reading task relatedness off the way tasks use the shared layers;
+    this is the simplest such reading (1: the same soft order; 0: disjoint layer usage).
+    """
+    m = _as_array(mixing).reshape(_as_array(mixing).shape[0], -1)
+    unit = m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+    return unit @ unit.T
+
+
+def plot_task_similarity(mixing: Tensor | np.ndarray, task_names: Sequence[str], path: str | Path, *, title: str | None = None) -> Path:
+    """Heat map of :func:`task_similarity`, tasks ordered so that similar ones sit together."""
+    plt = _pyplot()
+    sim = task_similarity(mixing)
+    order = np.arange(len(sim))
+    if len(sim) > 2:
+        from scipy.cluster.hierarchy import leaves_list, linkage
+        from scipy.spatial.distance import squareform
+
+        dist = np.clip(1.0 - sim, 0.0, None)
+        np.fill_diagonal(dist, 0.0)
+        order = leaves_list(linkage(squareform(dist, checks=False), method="average"))
+    size = 0.35 * len(sim) + 2.5
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(sim[np.ix_(order, order)], cmap="viridis", vmin=0.0, vmax=1.0)
+    names = [str(task_names[i])[:20] for i in order]
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="cosine similarity of soft orders")
+    ax.set_title(title or "Task relatedness read from learned soft orders", fontsize=10)
+    return _save(fig, path)

@@ -17,6 +17,7 @@ PRESETS: dict[str, str] = {
     "uci": "uci",
     "omniglot": "omniglot",
     "celeba": "celeba",
+    "building-blocks": "building_blocks",  # beyond the paper: Sec. 6's reusable layers
 }
 
 

@@ -119,15 +119,14 @@ def run_experiment(
     setting would mix incompatible trials, so it is refused with the differing keys named.
     """
     out_dir = Path(out_dir)
-    config = experiment.resolve_config(quick, overrides)
+    config = {**experiment.resolve_config(quick, overrides), "experiment": experiment.name}
     config_path = out_dir / "config.json"
     if config_path.exists():
         previous = json.loads(config_path.read_text())
         changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k) and k != "data_dir")
         if changed:
             raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); use another --out or the same settings")
-    atomic_write_json(config_path, {**config, "experiment": experiment.name})
-    config = {**config, "experiment": experiment.name}
+    atomic_write_json(config_path, config)
     trials = experiment.trials(config)
     done = finished_results(out_dir, trials)
     pending = [t for t in trials if t.key not in done]
