@@ -16,8 +16,10 @@ from softorder.orderings import (
     SingleTaskCores,
     SoftOrdering,
 )
+from softorder.recurrent import RecurrentLayer
 from softorder.tasks import Batch, MultitaskData, TaskArrays, TaskSpec, TensorTasks
 from softorder.train import History, TrainConfig, TrainingDiverged, evaluate, fit
+from softorder.transfer import assemble_for_new_tasks
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,7 @@ __all__ = [
     "OrderedCore",
     "ParallelOrdering",
     "PermutedOrdering",
+    "RecurrentLayer",
     "SingleTaskCores",
     "SoftOrdering",
     "TaskArrays",
@@ -42,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TrainingDiverged",
     "ZeroPadChannels",
+    "assemble_for_new_tasks",
     "build_model",
     "dense_decoder",
     "dense_encoder",
