@@ -101,7 +101,7 @@ def checksum_problem(spec: DataFile, path: Path) -> str | None:
     return f"{what} the known checksum{detail}"
 
 
-_VERIFIED: set[tuple[str, int, int, str]] = set()
+_VERIFIED: set[tuple] = set()
 
 
 def verify_file(spec: DataFile, path: Path) -> None:
@@ -110,7 +110,7 @@ def verify_file(spec: DataFile, path: Path) -> None:
     Results are remembered in-process per (path, size, modification time).
     """
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, spec.name)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, spec.sha256, spec.md5, spec.content_sha256)
     if key in _VERIFIED:
         return
     problem = checksum_problem(spec, path)

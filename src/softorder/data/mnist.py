@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from softorder.data._checks import require_int
 from softorder.data.compact import CompactTensorTasks
 from softorder.data.download import DataFile, ensure_file
 from softorder.data.errors import DataCorruptError
@@ -36,13 +37,18 @@ TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
 
 
 def _gunzip(path: Path) -> bytes:
+    """The bytes of ``path``, decompressed when they are gzip data (by magic number, not name)."""
     raw = path.read_bytes()
-    if path.suffix != ".gz":
+    if raw[:2] != b"\x1f\x8b":
+        if path.suffix == ".gz":
+            raise DataCorruptError(f"{path} is not a gzip file; delete it to download it again")
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataCorruptError(f"{path} is not a complete gzip file ({exc}); delete it to download it again") from exc
+        raise DataCorruptError(
+            f"{path} is not a complete gzip file ({exc}); delete it to download it again"
+        ) from exc
 
 
 def _content_sha256(path: Path) -> str:
@@ -128,25 +134,27 @@ def _locate(key: str, data_dir: Path, download: bool, verify: bool) -> Path:
 def _read(key: str, path: Path, verify: bool) -> np.ndarray:
     spec = FILES[key]
     data = _gunzip(path)
-    if verify and spec.content_sha256 and hashlib.sha256(data).hexdigest() != spec.content_sha256:
-        raise DataCorruptError(
-            f"{path} does not hold the official {spec.name.removesuffix('.gz')} (sha256 of its "
-            f"decompressed bytes differs from {spec.content_sha256}); delete it to download it again "
-            f"from {spec.urls[0]}"
-        )
     is_images = key.endswith("images")
     array = parse_idx(data, path, ndim=3 if is_images else 1)
     if is_images and array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataCorruptError(f"{path}: images are {array.shape[1:]}, expected 28x28")
     if not is_images and array.size and int(array.max()) > 9:
         raise DataCorruptError(f"{path}: label {int(array.max())} is not a digit")
+    if verify and spec.content_sha256 and hashlib.sha256(data).hexdigest() != spec.content_sha256:
+        raise DataCorruptError(
+            f"{path} does not hold the official {spec.name.removesuffix('.gz')} (sha256 of its "
+            f"decompressed bytes differs from {spec.content_sha256}); delete it to download it again "
+            f"from {spec.urls[0]}"
+        )
     return array
 
 
 _CACHE: dict[tuple, MnistArrays] = {}
 
 
-def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = True, verify: bool = True) -> MnistArrays:
+def load_mnist(
+    data_dir: str | os.PathLike[str] | None = None, *, download: bool = True, verify: bool = True
+) -> MnistArrays:
     """Load (downloading if needed) and validate MNIST; parsed arrays are cached in-process.
 
     With ``verify`` the decompressed files must equal the official ones (sha256); without it
@@ -179,13 +187,10 @@ def all_digit_pairs() -> list[tuple[int, int]]:
 
 def draw_digit_pairs(num_tasks: int, seed: int) -> list[tuple[int, int]]:
     """``num_tasks`` pairs drawn uniformly from the 45, with replacement across tasks (A.1)."""
-    if isinstance(num_tasks, bool) or not isinstance(num_tasks, (int, np.integer)) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be a positive integer, got {num_tasks!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    num_tasks, seed = require_int("num_tasks", num_tasks, 1), require_int("seed", seed, 0)
     pairs = all_digit_pairs()
-    rng = np.random.default_rng(int(seed))
-    return [pairs[int(i)] for i in rng.integers(0, len(pairs), size=int(num_tasks))]
+    rng = np.random.default_rng(seed)
+    return [pairs[int(i)] for i in rng.integers(0, len(pairs), size=num_tasks)]
 
 
 def _check_pairs(pairs: list) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from softorder.data._checks import require_int
 from softorder.tasks import TaskArrays, TaskSpec, TensorTasks
 
 
@@ -19,12 +20,11 @@ def random_tasks(num_tasks: int = 2, n: int = 100, m: int = 16, seed: int = 0) -
     Each task has a train split only: inputs ``(n, m)`` float32 in [0, 1], labels ``(n,)`` int64
     in {0, 1}. Task ``i`` depends only on ``(seed, i, n, m)``, not on ``num_tasks``.
     """
-    for name, value, low in (("num_tasks", num_tasks, 1), ("n", n, 1), ("m", m, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"random_tasks: {name} must be an integer >= {low}, got {value!r}")
+    num_tasks, n, m = (require_int(k, v, 1) for k, v in (("num_tasks", num_tasks), ("n", n), ("m", m)))
+    seed = require_int("seed", seed, 0)
     tasks = []
-    for i in range(int(num_tasks)):
-        rng = np.random.default_rng([int(seed), i])
+    for i in range(num_tasks):
+        rng = np.random.default_rng([seed, i])
         x = rng.random((int(n), int(m)), dtype=np.float32)
         y = rng.integers(0, 2, size=int(n))
         spec = TaskSpec(f"random{i}", (int(m),), "binary")
