@@ -1,4 +1,9 @@
-"""The ``softorder`` command line: the demo, data checks and the paper's experiments."""
+"""The ``softorder`` command line: the demo, data checks and the paper's experiments.
+
+``reproduce`` runs an experiment's trials one after another, ``sweep`` runs them as Ray tasks
+(locally or on a cluster), and ``train`` trains them data-parallel under torchrun; all three write
+the same run directory, so any of them resumes what another started.
+"""
 
 from __future__ import annotations
 
@@ -43,22 +48,84 @@ def cmd_data(args: argparse.Namespace) -> int:
     return run_check(_data_dir(args.data_dir))
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
+def _experiment(name: str):  # -> Experiment
+    """A preset by name, or ``package.module:NAME`` for an Experiment of your own."""
     from softorder.experiments import get_experiment
-    from softorder.experiments.runner import run_experiment
+    from softorder.experiments.runner import Experiment
 
+    if ":" in name:
+        import importlib
+
+        module_name, _, attr = name.partition(":")
+        try:
+            experiment = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise SystemExit(f"softorder: cannot load experiment {name!r}: {exc}") from None
+        if isinstance(experiment, type):
+            experiment = experiment()
+        if not isinstance(experiment, Experiment):
+            raise SystemExit(f"softorder: {name!r} is a {type(experiment).__name__}, not an Experiment")
+        return experiment
     try:
-        experiment = get_experiment(args.name)
+        return get_experiment(name)
     except KeyError as exc:
         raise SystemExit(f"softorder: {exc.args[0]}") from None
-    out = Path(args.out or f"runs/{args.name}{'-quick' if args.quick else ''}")
+
+
+def _executor(args: argparse.Namespace):  # -> TrialExecutor
+    """How the trials run: one after another (reproduce) or as Ray tasks (sweep)."""
+    from softorder.experiments.runner import run_trials_locally
+
+    if args.command != "sweep":
+        return run_trials_locally
+    from softorder.distributed.sweep import sweep_executor
+
+    return sweep_executor(
+        address=args.address,
+        num_cpus=args.num_cpus,
+        cpus_per_trial=args.cpus_per_trial,
+        max_retries=args.max_retries,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``reproduce``, ``sweep`` and ``train``: the same run directory, different ways to run trials."""
+    from softorder.experiments.runner import run_experiment
+
+    experiment = _experiment(args.name)
+    out = Path(args.out or f"runs/{experiment.name or args.name}{'-quick' if args.quick else ''}")
     overrides = _parse_overrides(args.set or [])
     if args.trials is not None:
         overrides["trials"] = args.trials
-    summary = run_experiment(experiment, out, quick=args.quick, overrides=overrides, data_dir=_data_dir(args.data_dir))
+    common = dict(quick=args.quick, overrides=overrides, data_dir=_data_dir(args.data_dir), trial_keys=args.trial)
+    if args.command == "train":
+        from softorder.distributed.torchrun import run_experiment_data_parallel
+
+        summary = run_experiment_data_parallel(experiment, out, **common)
+        if summary is None:  # a non-zero rank: rank 0 reports
+            return 0
+    else:
+        summary = run_experiment(experiment, out, executor=_executor(args), **common)
     print(json.dumps({k: v for k, v in summary.items() if k != "per_trial"}, indent=2)[:4000])
     print(f"results in {out}")
+    failed = summary.get("trials_failed") or []
+    if failed:
+        print(f"softorder: {len(failed)} trial(s) failed: {', '.join(f['key'] for f in failed)}; rerun to retry them", file=sys.stderr)
+        return 1
     return 0
+
+
+cmd_reproduce = cmd_run
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="random-tasks, mnist, visualize, uci, omniglot or celeba (or package.module:EXPERIMENT)")
+    p.add_argument("--quick", action="store_true", help="reduced settings for two CPU cores (about ten minutes)")
+    p.add_argument("--out", help="run directory (default: runs/NAME[-quick]); rerun to resume")
+    p.add_argument("--data-dir", help="data directory (default: $SOFTORDER_DATA or the user cache)")
+    p.add_argument("--trials", type=int, help="number of trials per setting")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting of the preset (repeatable)")
+    p.add_argument("--trial", action="append", metavar="KEY", help="run only this trial (repeatable; default: all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,13 +144,30 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data)
 
     rep = sub.add_parser("reproduce", help="run one of the paper's experiments")
-    rep.add_argument("name", help="random-tasks, mnist, visualize, uci, omniglot or celeba")
-    rep.add_argument("--quick", action="store_true", help="reduced settings for two CPU cores (about ten minutes)")
-    rep.add_argument("--out", help="run directory (default: runs/NAME[-quick]); rerun to resume")
-    rep.add_argument("--data-dir", help="data directory (default: $SOFTORDER_DATA or the user cache)")
-    rep.add_argument("--trials", type=int, help="number of trials per setting")
-    rep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting of the preset (repeatable)")
-    rep.set_defaults(func=cmd_reproduce)
+    _add_run_options(rep)
+    rep.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run an experiment's trials in parallel as Ray tasks (pip install softorder[distributed])",
+        description="Run the trials as Ray tasks on a local Ray started here, or on a cluster (--address); "
+        "a failed trial is retried, then reported. Without Ray, the trials run one after another.",
+    )
+    _add_run_options(sweep)
+    sweep.add_argument("--address", help="Ray cluster to use (e.g. HEAD_IP:6379, or auto; default: $RAY_ADDRESS, else a local Ray)")
+    sweep.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine's)")
+    sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: 1)")
+    sweep.add_argument("--max-retries", type=int, default=2, help="times a failed trial is run again before it is reported (default: 2)")
+    sweep.set_defaults(func=cmd_run)
+
+    train = sub.add_parser(
+        "train",
+        help="train an experiment's trials data-parallel: run under torchrun (docs/distributed.md)",
+        description="Every process of a torchrun job trains the same trials, each process a share of every batch: "
+        "torchrun --nproc_per_node N -m softorder.distributed EXPERIMENT [--trial KEY]. Alone, trains them in this process.",
+    )
+    _add_run_options(train)
+    train.set_defaults(func=cmd_run)
     return parser
 
 
@@ -94,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("softorder: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"softorder: error: {exc}", file=sys.stderr)
         return 2
 

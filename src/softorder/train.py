@@ -8,6 +8,12 @@ A run directory holds ``checkpoint.pt`` (model, optimizer, random state, iterati
 atomically, and ``history.json`` or ``history.csv``. Training batch ``i`` is a pure function of the
 seed and ``i``, and the random state (dropout) is checkpointed, so a run stopped part-way and resumed
 ends with exactly the parameters of an uninterrupted run on the CPU.
+
+Data-parallel training: started in several processes (``torchrun``; see docs/distributed.md), fit()
+gives each process its share of every task's rows of each batch and sums the gradients over the
+processes (:mod:`softorder.distributed.data_parallel`), which equals one process training on the
+whole batch (up to float rounding; exactly so with dropout 0). Rank 0 alone reads and writes the
+checkpoint and the history; evaluation is split over the processes and summed.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from softorder._io import atomic_write_bytes, atomic_write_json
+from softorder.distributed.data_parallel import DataParallel, setup_data_parallel
 from softorder.model import MultitaskModel
 from softorder.tasks import Batch, MultitaskData, mean_or_nan
 
@@ -116,17 +123,29 @@ class History:
 
 
 @torch.no_grad()
-def evaluate(model: MultitaskModel, data: MultitaskData, split: str, *, batch_size: int = 1024, device: str | torch.device = "cpu") -> dict[str, dict[str, float]]:
+def evaluate(
+    model: MultitaskModel,
+    data: MultitaskData,
+    split: str,
+    *,
+    batch_size: int = 1024,
+    device: str | torch.device = "cpu",
+    parallel: DataParallel | None = None,
+) -> dict[str, dict[str, float]]:
     """Per-task mean error and mean loss on one split: ``{task: {"error": e, "loss": l}}``.
 
     Error is the misclassification rate for classification tasks and the mean squared error for
-    regression tasks. Tasks without rows in the split are left out.
+    regression tasks. Tasks without rows in the split are left out. With ``parallel`` (every process
+    of a data-parallel run calls this), each process evaluates every ``world_size``-th batch and the
+    sums are shared, so every process returns the same numbers.
     """
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
     try:
-        for batch in data.eval_batches(split, batch_size):
+        for i, batch in enumerate(data.eval_batches(split, batch_size)):
+            if parallel is not None and i % parallel.world_size != parallel.rank:
+                continue
             batch = batch.to(device)
             outputs = model(batch.inputs, list(batch.targets))
             for name, target in batch.targets.items():
@@ -138,6 +157,8 @@ def evaluate(model: MultitaskModel, data: MultitaskData, split: str, *, batch_si
                 acc[2] += target.shape[0]
     finally:
         model.train(was_training)
+    if parallel is not None:
+        sums = parallel.sum_eval_counts(sums, data.task_names)
     return {n: {"error": e / c, "loss": l / c} for n, (e, l, c) in sums.items() if c > 0}
 
 
@@ -226,6 +247,32 @@ def _make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> tor
     return OPTIMIZERS[name](params, lr=lr)
 
 
+def _data_parallel_step(
+    model: MultitaskModel,
+    data: MultitaskData,
+    batch: Batch,
+    parallel: DataParallel,
+    trainable: list[nn.Parameter],
+) -> dict[str, Tensor]:
+    """Forward and backward on this process's share of ``batch``, gradients summed over processes.
+
+    Returns every task's mean loss on the whole (global) batch; the gradients in ``trainable`` are
+    those of their sum, as in one process.
+    """
+    names = list(batch.targets)
+    local, shares = parallel.shard(batch)
+    terms: dict[str, Tensor] = {}
+    if local is not None:  # a process may hold no rows (a batch smaller than the number of processes)
+        local = local.to(parallel.device)
+        outputs = model(local.inputs, list(local.targets))
+        terms = {n: shares[n] * data.spec(n).loss(outputs[n], t) for n, t in local.targets.items()}
+        torch.stack(list(terms.values())).sum().backward()
+    zero = torch.zeros((), device=parallel.device)
+    weighted = torch.stack([terms[n].detach() if n in terms else zero for n in names])
+    total = parallel.all_reduce_gradients(trainable, weighted)
+    return dict(zip(names, total))
+
+
 def fit(
     model: MultitaskModel,
     data: MultitaskData,
@@ -234,19 +281,26 @@ def fit(
     run_dir: str | Path | None = None,
     resume: bool = True,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    distributed: bool | None = None,
 ) -> History:
     """Train ``model`` on ``data``; returns the evaluation history.
 
     With ``run_dir``, a checkpoint and the history are written there at every evaluation, and an
     existing checkpoint is continued from when ``resume`` is true. ``on_eval`` is called with each
     history record (e.g. to record extra quantities such as the mixing weights).
+
+    ``distributed``: ``None`` (default) trains data-parallel when this process is one of several
+    (started by torchrun, or in an initialised ``torch.distributed`` group), ``True`` requires that,
+    ``False`` trains this process alone. Every process must call fit with the same arguments; all of
+    them return the same history (but for the timings).
     """
     if config is None:
         config = TrainConfig()
     elif not isinstance(config, TrainConfig):
         config = TrainConfig.from_dict(config)
     check_compatible(model, data)
-    device = torch.device(config.device)
+    parallel = setup_data_parallel(distributed, config.device)
+    device = parallel.device if parallel is not None else torch.device(config.device)
     model.to(device)
     run_path = Path(run_dir) if run_dir is not None else None
     history_path = run_path / f"history.{config.history_format}" if run_path else None
@@ -256,17 +310,27 @@ def fit(
     optimizer = _make_optimizer(config.optimizer, trainable, config.lr)
     history = History()
     state = {"iteration": 0, "phase": 1, "best_val": math.inf, "stale": 0, "elapsed": 0.0}
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt: dict[str, Any] | None = None
+    if ckpt_path is not None and resume:
+        if parallel is None:
+            ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+        else:  # rank 0 reads it and sends it: the other processes need not see the run directory
+            ckpt = parallel.from_main(lambda: load_checkpoint(ckpt_path) if ckpt_path.exists() else None)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         state.update(ckpt["state"])
         if state["phase"] == 2:
             optimizer = _make_optimizer(config.second_optimizer or config.optimizer, trainable, config.second_lr)
         optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
+        if parallel is None:
+            torch.set_rng_state(ckpt["rng"])
+        else:
+            parallel.restore_rng(ckpt, config.seed, int(state["iteration"]))
         history = History(list(ckpt["history"]))
     else:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed if parallel is None else parallel.seed(config.seed))
+    if parallel is not None:
+        parallel.broadcast_module(model)  # every process starts from rank 0's parameters
 
     def evaluation(iteration: int, train_loss: float) -> bool:
         """Append a history record; True when validation loss stalled and phase 2 begins."""
@@ -274,7 +338,7 @@ def fit(
         for split in config.eval_splits:
             if not data.has_split(split):
                 continue
-            result = evaluate(model, data, split, batch_size=config.eval_batch_size, device=device)
+            result = evaluate(model, data, split, batch_size=config.eval_batch_size, device=device, parallel=parallel)
             for name, r in result.items():
                 record[f"{split}_error/{name}"] = r["error"]
             record[f"{split}_error"] = mean_or_nan({n: r["error"] for n, r in result.items()})
@@ -296,22 +360,29 @@ def fit(
         return False
 
     start = int(state["iteration"])
-    bar = tqdm(total=config.iterations, initial=start, disable=not config.progress, desc="train", dynamic_ncols=True)
+    show = config.progress and (parallel is None or parallel.is_main)
+    bar = tqdm(total=config.iterations, initial=start, disable=not show, desc="train", dynamic_ncols=True)
     running, count = 0.0, 0
     model.train()
     tick = time.perf_counter()
     try:
         for iteration, batch in enumerate(_train_batches(data, config, start), start=start):
-            batch = batch.to(device)
-            outputs = model(batch.inputs, list(batch.targets))
-            losses = {n: data.spec(n).loss(outputs[n], t) for n, t in batch.targets.items()}
-            loss = torch.stack(list(losses.values())).sum()
+            if parallel is not None:
+                optimizer.zero_grad(set_to_none=True)
+                losses = _data_parallel_step(model, data, batch, parallel, trainable)
+                loss = torch.stack(list(losses.values())).sum()
+            else:
+                batch = batch.to(device)
+                outputs = model(batch.inputs, list(batch.targets))
+                losses = {n: data.spec(n).loss(outputs[n], t) for n, t in batch.targets.items()}
+                loss = torch.stack(list(losses.values())).sum()
             if not torch.isfinite(loss):
                 name, value = next((n, v.item()) for n, v in losses.items() if not torch.isfinite(v))
                 where = f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path else "no checkpoint was written"
                 raise TrainingDiverged(f"loss of task {name!r} is {value} at iteration {iteration}; {where}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if parallel is None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             optimizer.step()
             running += loss.item()
             count += 1
@@ -327,23 +398,30 @@ def fit(
                 running, count = 0.0, 0
                 state["iteration"] = done
                 if ckpt_path is not None:
-                    save_checkpoint(
-                        ckpt_path,
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "rng": torch.get_rng_state(),
-                            "state": dict(state),
-                            "history": history.records,
-                            "config": config.to_dict(),
-                        },
-                    )
-                    save_history(history_path, history)  # type: ignore[arg-type]
+                    extra: dict[str, Any] = {}
+                    if parallel is not None:  # every process's dropout stream, for an exact resume
+                        extra["rng_ranks"] = parallel.gather_rng_states()
+                    if parallel is None or parallel.is_main:
+                        save_checkpoint(
+                            ckpt_path,
+                            {
+                                "model": model.state_dict(),
+                                "optimizer": optimizer.state_dict(),
+                                "rng": torch.get_rng_state(),
+                                "state": dict(state),
+                                "history": history.records,
+                                "config": config.to_dict(),
+                                **extra,
+                            },
+                        )
+                        save_history(history_path, history)  # type: ignore[arg-type]
                 tick = time.perf_counter()
     finally:
         bar.close()
     if not history.records:  # zero iterations: still report where the model stands
         evaluation(start, float("nan"))
+    if parallel is not None:
+        parallel.barrier()  # the last checkpoint is written before any process goes on
     return history
 
 

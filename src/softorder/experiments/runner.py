@@ -4,7 +4,10 @@ An :class:`Experiment` lists its trials for a resolved configuration, runs one t
 directory, and summarises the finished ones. :func:`run_experiment` writes ``config.json``, runs every
 trial whose ``result.json`` is missing (a finished trial is never run again; an interrupted one
 continues from its checkpoint), then writes ``summary.json`` and the figures. The trial loop is
-pluggable (``executor``) so that the same experiment runs one trial after another or as a sweep.
+pluggable (``executor``) so that the same experiment runs one trial after another
+(:func:`run_trials_locally`, ``softorder reproduce``) or as a sweep of Ray tasks
+(:func:`softorder.distributed.sweep_executor`, ``softorder sweep``). An executor returns the trials
+that failed for good; they are reported in the summary and the others are summarised as usual.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import json
 import math
 import re
 import sys
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from softorder._io import atomic_write_json
+from softorder._io import atomic_write_bytes, atomic_write_json
 
 RESULT_NAME = "result.json"
 
@@ -74,23 +78,95 @@ class Experiment(ABC):
         return config
 
 
-TrialExecutor = Callable[[Experiment, Mapping[str, Any], Sequence[Trial], Path, "Path | None"], None]
+ERROR_NAME = "error.txt"
 
 
-def run_trials_locally(experiment: Experiment, config: Mapping[str, Any], trials: Sequence[Trial], out_dir: Path, data_dir: Path | None, out: TextIO = sys.stderr) -> None:
-    """Run the pending trials one after another in this process."""
+@dataclass(frozen=True)
+class TrialFailure:
+    """A trial that still failed after its retries: its key, the last error, the attempts made."""
+
+    key: str
+    error: str
+    attempts: int = 1
+
+
+# (experiment, config, pending trials, out_dir, data_dir) -> the trials that failed for good
+TrialExecutor = Callable[[Experiment, Mapping[str, Any], Sequence[Trial], Path, "Path | None"], "Sequence[TrialFailure] | None"]
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message``, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_trials_locally(
+    experiment: Experiment,
+    config: Mapping[str, Any],
+    trials: Sequence[Trial],
+    out_dir: Path,
+    data_dir: Path | None,
+    out: TextIO | None = None,
+    *,
+    max_retries: int = 0,
+    keep_going: bool = False,
+) -> list[TrialFailure]:
+    """Run the pending trials one after another in this process.
+
+    A trial that raises is run again up to ``max_retries`` times (continuing from its checkpoint).
+    After that it is reported and the next trial runs when ``keep_going`` (a sweep), or the error
+    propagates (``softorder reproduce``).
+    """
+    out = out or sys.stderr
+    failures: list[TrialFailure] = []
     for i, trial in enumerate(trials, 1):
         print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key}", file=out, flush=True)
-        run_one_trial(experiment, config, trial, out_dir, data_dir)
+        for attempt in range(1, max_retries + 2):
+            try:
+                run_one_trial(experiment, config, trial, out_dir, data_dir)
+                break
+            except Exception as exc:
+                last = attempt > max_retries
+                if last and not keep_going:
+                    raise
+                error = describe_error(exc)
+                if not last:
+                    print(f"[{experiment.name}] trial {trial.key} failed (attempt {attempt}/{max_retries + 1}): {error}; retrying", file=out, flush=True)
+                    continue
+                record_failure(out_dir, trial, "".join(traceback.format_exception(exc)))
+                failures.append(TrialFailure(trial.key, error, attempt))
+    return failures
 
 
-def run_one_trial(experiment: Experiment, config: Mapping[str, Any], trial: Trial, out_dir: Path, data_dir: Path | None) -> dict[str, Any]:
-    """Run a trial into ``out_dir/trials/<trial>`` and write its result atomically."""
-    trial_dir = out_dir / "trials" / trial.dirname
+def trial_dir_of(out_dir: Path, trial: Trial) -> Path:
+    """Where a trial writes: ``out_dir/trials/<trial.dirname>``."""
+    return Path(out_dir) / "trials" / trial.dirname
+
+
+def run_one_trial(experiment: Experiment, config: Mapping[str, Any], trial: Trial, out_dir: Path, data_dir: Path | None, *, write_result: bool = True) -> dict[str, Any]:
+    """Run a trial into ``out_dir/trials/<trial>`` and write its result atomically.
+
+    ``write_result=False`` runs it without writing ``result.json`` (the non-zero ranks of a
+    data-parallel run). A successful trial clears the ``error.txt`` of an earlier failure.
+    """
+    trial_dir = trial_dir_of(out_dir, trial)
     trial_dir.mkdir(parents=True, exist_ok=True)
     result = experiment.run_trial(config, trial, trial_dir, data_dir)
-    atomic_write_json(trial_dir / RESULT_NAME, {"key": trial.key, "params": dict(trial.params), "result": result})
+    if write_result:
+        save_result(out_dir, trial, result)
     return result
+
+
+def save_result(out_dir: Path, trial: Trial, result: dict[str, Any]) -> None:
+    """Write a trial's ``result.json`` atomically (marking it finished) and clear an old ``error.txt``."""
+    trial_dir = trial_dir_of(out_dir, trial)
+    atomic_write_json(trial_dir / RESULT_NAME, {"key": trial.key, "params": dict(trial.params), "result": result})
+    (trial_dir / ERROR_NAME).unlink(missing_ok=True)
+
+
+def record_failure(out_dir: Path, trial: Trial, text: str) -> None:
+    """Keep the full error of a trial that failed for good in its ``error.txt``."""
+    atomic_write_bytes(trial_dir_of(out_dir, trial) / ERROR_NAME, text.encode())
 
 
 def finished_results(out_dir: Path, trials: Iterable[Trial]) -> dict[str, dict[str, Any]]:
@@ -103,6 +179,20 @@ def finished_results(out_dir: Path, trials: Iterable[Trial]) -> dict[str, dict[s
     return results
 
 
+def select_trials(trials: Sequence[Trial], keys: Sequence[str] | None) -> list[Trial]:
+    """The trials named by ``keys`` (all of them for ``None``); an unknown key is refused with a hint."""
+    if keys is None:
+        return list(trials)
+    by_key = {t.key: t for t in trials}
+    for key in keys:
+        if key not in by_key:
+            close = difflib.get_close_matches(key, list(by_key), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"no trial {key!r}{hint} ({len(by_key)} trials, e.g. {', '.join(list(by_key)[:3])})")
+    wanted = set(keys)
+    return [t for t in trials if t.key in wanted]
+
+
 def run_experiment(
     experiment: Experiment,
     out_dir: str | Path,
@@ -111,13 +201,18 @@ def run_experiment(
     overrides: Mapping[str, Any] | None = None,
     data_dir: Path | None = None,
     executor: TrialExecutor | None = None,
-    out: TextIO = sys.stderr,
+    trial_keys: Sequence[str] | None = None,
+    out: TextIO | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) an experiment into ``out_dir`` and return its summary.
 
     A directory made by an earlier run must have the same resolved configuration: a changed
     setting would mix incompatible trials, so it is refused with the differing keys named.
+    ``trial_keys`` runs only those trials (the summary still covers every finished one). Trials
+    that failed for good are listed in the summary's ``trials_failed``. Progress goes to ``out``
+    (default: standard error).
     """
+    out = out or sys.stderr
     out_dir = Path(out_dir)
     config = {**experiment.resolve_config(quick, overrides), "experiment": experiment.name}
     config_path = out_dir / "config.json"
@@ -128,13 +223,24 @@ def run_experiment(
             raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); use another --out or the same settings")
     atomic_write_json(config_path, config)
     trials = experiment.trials(config)
+    selected = select_trials(trials, trial_keys)
     done = finished_results(out_dir, trials)
-    pending = [t for t in trials if t.key not in done]
+    pending = [t for t in selected if t.key not in done]
     print(f"[{experiment.name}] {len(trials)} trials, {len(done)} already finished, {len(pending)} to run -> {out_dir}", file=out, flush=True)
-    (executor or run_trials_locally)(experiment, config, pending, out_dir, data_dir)
+    failures = list((executor or run_trials_locally)(experiment, config, pending, out_dir, data_dir) or [])
+    for failure in failures:
+        print(f"[{experiment.name}] trial {failure.key} failed after {failure.attempts} attempt(s): {failure.error}", file=out, flush=True)
+    if failures:
+        print(f"[{experiment.name}] {len(failures)} trial(s) failed (errors in their error.txt); rerun the same command to retry them", file=out, flush=True)
     results = finished_results(out_dir, trials)
     summary = experiment.summarize(config, results, out_dir)
-    summary = {"experiment": experiment.name, "trials_finished": len(results), "trials_total": len(trials), **summary}
+    summary = {
+        "experiment": experiment.name,
+        "trials_finished": len(results),
+        "trials_total": len(trials),
+        "trials_failed": [asdict(f) for f in failures],
+        **summary,
+    }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
