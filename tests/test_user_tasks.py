@@ -78,3 +78,14 @@ def test_train_user_tasks_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="unknown ordering"):
         train_user_tasks(paths, tmp_path / "run2", orderings=("diagonal",))
     assert isinstance(csv_tasks(paths).spec("two").num_outputs, int)
+
+
+def test_softorder_fit_command(tmp_path, capsys):
+    from softorder.cli import main
+
+    a = write_csv(tmp_path / "a.csv", make_rows(30, 2, 3), header=["x", "y", "z", "label"])
+    b = write_csv(tmp_path / "b.csv", make_rows(30, 3, 4), header=["x", "y", "z", "label"])
+    code = main(["fit", str(a), str(b), "--label", "label", "--ordering", "soft", "--iterations", "10", "--width", "8", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0 and "validation error" in capsys.readouterr().out
+    assert main(["fit", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r2")]) == 2
+    assert "does not exist" in capsys.readouterr().err

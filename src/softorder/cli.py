@@ -1,4 +1,4 @@
-"""The ``softorder`` command line: the demo, data checks and the paper's experiments.
+"""The ``softorder`` command line: the demo, data checks, your own tasks and the paper's experiments.
 
 ``reproduce`` runs an experiment's trials one after another, ``sweep`` runs them as Ray tasks
 (locally or on a cluster), and ``train`` trains them data-parallel under torchrun; all three write
@@ -46,6 +46,30 @@ def cmd_data(args: argparse.Namespace) -> int:
     from softorder.data.check import run_check
 
     return run_check(_data_dir(args.data_dir))
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from softorder.experiments.user_tasks import train_user_tasks
+
+    labels = args.label if args.label else None
+    if labels is not None and len(labels) == 1 and len(args.files) > 1:
+        labels = labels * len(args.files)
+    train_user_tasks(
+        args.files,
+        args.out,
+        labels=labels,
+        orderings=tuple(args.ordering or ("parallel", "soft")),
+        width=args.width,
+        depth=args.depth,
+        dropout=args.dropout,
+        identity_layer=args.identity_layer,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    return 0
 
 
 def _experiment(name: str):  # -> Experiment
@@ -159,6 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: 1)")
     sweep.add_argument("--max-retries", type=int, default=2, help="times a failed trial is run again before it is reported (default: 2)")
     sweep.set_defaults(func=cmd_run)
+
+    fit = sub.add_parser(
+        "fit",
+        help="train the orderings on your own tasks: one CSV file per task",
+        description="Each CSV file is a task: numeric feature columns and a label column (the last unless --label). "
+        "Trains each ordering, prints validation error per task, writes checkpoints (rerun to resume) and figures to --out.",
+    )
+    fit.add_argument("files", nargs="+", help="CSV files, one per task (named after the file)")
+    fit.add_argument("--out", default="runs/fit", help="output directory (default: runs/fit)")
+    fit.add_argument("--label", action="append", help="label column name or index, once for all files or once per file")
+    fit.add_argument("--ordering", action="append", choices=["single", "parallel", "permuted", "soft"], help="repeatable (default: parallel and soft)")
+    fit.add_argument("--width", type=int, default=32)
+    fit.add_argument("--depth", type=int, default=4)
+    fit.add_argument("--dropout", type=float, default=0.2)
+    fit.add_argument("--identity-layer", action="store_true", help="add the identity layer to soft ordering")
+    fit.add_argument("--iterations", type=int, default=2000)
+    fit.add_argument("--batch-size", type=int, default=32, help="rows per task per iteration")
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--no-progress", action="store_true")
+    fit.set_defaults(func=cmd_fit)
 
     train = sub.add_parser(
         "train",

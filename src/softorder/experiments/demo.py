@@ -54,11 +54,11 @@ def run_demo(
     orderings: tuple[str, ...] = ("parallel", "soft"),
     seed: int = 0,
     progress: bool = True,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train each ordering on the bundled tasks; returns ``{ordering: {task: test error}}``."""
+    out = out or sys.stdout
     out_dir = Path(out_dir)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = bundled_tasks()
     results: dict[str, dict[str, float]] = {}
     for ordering in orderings:

@@ -37,9 +37,10 @@ def train_user_tasks(
     lr: float = 1e-3,
     seed: int = 0,
     progress: bool = True,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train every ordering on the CSV tasks; returns ``{ordering: {task: validation error}}``."""
+    out = out or sys.stdout
     unknown = [o for o in orderings if o not in ORDERINGS]
     if unknown:
         raise ValueError(f"unknown ordering(s) {unknown}; expected some of {ORDERINGS}")
