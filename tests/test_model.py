@@ -116,3 +116,66 @@ def test_task_spec_validation():
     spec = TaskSpec("x", (1,), "multiclass", 3)
     with pytest.raises(ValueError, match=r"task 'x'.*\[0, 3\].*0..2"):
         spec.check_targets(torch.tensor([0, 3]), "train")
+
+
+# --- fast paths of the model (docs/performance.md) ----------------------------------------------
+
+
+@pytest.mark.parametrize("ordering", ["soft", "parallel", "permuted"])
+def test_shared_encoder_forward_equals_repeated_rows(ordering):
+    """forward() runs rows given to every task through core.forward_shared; it equals the encode()
+    path (T copies of the rows), dropout masks and gradients included."""
+    specs = [TaskSpec(f"attr{i}", (6,), "binary") for i in range(5)]
+    model = build_model(specs, ordering=ordering, encoder=nn.Linear(6, 8), width=8, depth=3, dropout=0.5)
+    x = torch.randn(4, 6)
+    names = ["attr3", "attr0", "attr4"]
+    params = [p for p in model.parameters()]
+
+    def run(fast):
+        torch.manual_seed(3)
+        if fast:
+            out = model(x, names)
+        else:
+            h, task, _, counts = model.encode(x, names)
+            ys = model.core(h, task).split(counts)
+            out = {n: y @ model.decoders.weight[model.task_index[n]] + model.decoders.bias[model.task_index[n], 0] for n, y in zip(names, ys)}
+        for p in params:
+            p.grad = None
+        torch.stack([o.pow(2).sum() for o in out.values()]).sum().backward()
+        return out, [p.grad.clone() for p in params]
+
+    for training in (False, True):
+        model.train(training)
+        (a, ga), (b, gb) = run(True), run(False)
+        assert list(a) == names
+        for n in names:
+            torch.testing.assert_close(a[n], b[n], atol=1e-5, rtol=1e-5)
+        for p, q in zip(ga, gb):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
+
+
+def test_task_dense_stacked_equals_per_task():
+    torch.manual_seed(4)
+    dense = TaskDense(5, 6, 3, "relu")
+    x = torch.randn(3, 4, 6)
+    for ids in ([0, 1, 2, 3, 4][:3], [4, 1, 2]):
+        out = dense.forward_stacked(x, ids)
+        for i, t in enumerate(ids):
+            torch.testing.assert_close(out[i], torch.relu(x[i] @ dense.weight[t] + dense.bias[t, 0]))
+    full = torch.randn(5, 2, 6)
+    out = dense.forward_stacked(full, range(5))  # all tasks in order: no gathered copy
+    for t in range(5):
+        torch.testing.assert_close(out[t], torch.relu(full[t] @ dense.weight[t] + dense.bias[t, 0]))
+
+
+def test_per_task_encoders_and_decoders_batched_equal_looped():
+    """TaskDense encoders and decoders run as one product in forward(); the same as one task at a time."""
+    torch.manual_seed(5)
+    specs = [TaskSpec(f"t{i}", (7,), "multiclass", 3) for i in range(4)]
+    model = build_model(specs, width=8, depth=2, encoder="learned")
+    model.eval()
+    x = {s.name: torch.randn(5, 7) for s in specs}
+    out = model({k: x[k] for k in ["t2", "t0", "t3"]})
+    for n in ["t2", "t0", "t3"]:
+        single = model({n: x[n]})[n]  # one task: the per-task path
+        torch.testing.assert_close(out[n], single, atol=1e-5, rtol=1e-5)

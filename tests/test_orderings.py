@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from softorder import ConvPool, Dense, ParallelOrdering, PermutedOrdering, SingleTaskCores, SoftOrdering
@@ -199,3 +200,174 @@ def test_layer_changing_channels_is_named():
         SoftOrdering(bad, 1)(torch.randn(2, 4), torch.tensor([0, 0]))
     with pytest.raises(ValueError, match=r"shared layer 1 \(Linear\)"):
         ParallelOrdering(bad, 1)(torch.randn(2, 4), torch.tensor([0, 0]))
+
+
+# --- the fast paths (docs/performance.md) against the reference, in training mode ---------------
+
+from softorder import orderings as orderings_mod  # noqa: E402
+from softorder.layers import _MaxPool2d, _TinyConvMaxPool  # noqa: E402
+from softorder.orderings import _ReluDropoutMix, keep_mask  # noqa: E402
+
+
+def recording_masks(monkeypatch):
+    """Record every dropout keep mask the cores draw (before the fused node writes into it)."""
+    drawn = []
+    original = orderings_mod.keep_mask
+
+    def record(*args, **kwargs):
+        m = original(*args, **kwargs)
+        drawn.append(m.clone())
+        return m
+
+    monkeypatch.setattr(orderings_mod, "keep_mask", record)
+    return drawn
+
+
+def reference_masks(drawn, task, num_layers, p, out_shapes):
+    """The soft core's masks (one per depth, (G, R, L, F)) as the reference loop's per (t, k, j)."""
+    masks = {}
+    for k, m in enumerate(drawn):
+        m = m.reshape(-1, num_layers, m.shape[-1])  # (N, L, F), rows in h's order
+        for t in task.unique().tolist():
+            rows = (task == t).nonzero().flatten()
+            for j in range(num_layers):
+                masks[(t, k, j)] = m[rows, j].reshape(len(rows), *out_shapes[k]) / (1 - p)
+    return masks
+
+
+def grads_of(params, fn):
+    for q in params:
+        q.grad = None
+    fn().backward()
+    return [q.grad.clone() if q.grad is not None else torch.zeros_like(q) for q in params]
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+@pytest.mark.parametrize("identity_layer", [False, True])
+@pytest.mark.parametrize("kind", ["dense", "conv", "narrow-conv", "user"])
+def test_soft_training_step_equals_loop(monkeypatch, kind, identity_layer, p):
+    """Forward and every gradient of the fused path (dropout on) equal the plain loop of Eq. 7."""
+    torch.manual_seed(8)
+    if kind == "dense":
+        layers, shape, width, outs = [Dense(10) for _ in range(3)], (10,), None, [(10,)] * 3
+    elif kind == "user":
+        layers, shape, width, outs = [UserLayer(10) for _ in range(3)], (10,), None, [(10,)] * 3
+    elif kind == "conv":
+        layers, shape, width, outs = [ConvPool(4, pool=1) for _ in range(3)], (4, 6, 6), None, [(4, 6, 6)] * 3
+    else:  # 1-channel images read as zero-padded: the _TinyConvMaxPool first depth, then _MaxPool2d
+        layers, shape, width, outs = [ConvPool(5) for _ in range(3)], (1, 13, 12), 5, [(5, 6, 6), (5, 3, 3), (5, 1, 1)]
+        identity_layer = False  # pooling layers change the row shape
+    core = random_logits(SoftOrdering(layers, 4, identity_layer=identity_layer, dropout=p))
+    h, task = mixed_rows(9, 4, shape)
+    h.requires_grad_(True)
+    drawn = recording_masks(monkeypatch)
+    weight = torch.randn(9, *outs[-1])
+    params = [h, core.logits] + [q for l in layers for q in l.parameters()]
+    fast_grads = grads_of(params, lambda: (core(h, task) * weight).sum())
+    fast = core(h, task)  # draws new masks: compare the forward with these
+    masks = reference_masks(drawn[len(drawn) // 2 :], task, len(layers), p, outs)
+    ref = soft_ordering_loop(layers, core.mixing(), h, task, identity_layer=identity_layer, width=width, dropout_masks=masks)
+    torch.testing.assert_close(fast, ref, **TOL)
+    first = reference_masks(drawn[: len(drawn) // 2], task, len(layers), p, outs)
+    ref_grads = grads_of(
+        params,
+        lambda: (soft_ordering_loop(layers, core.mixing(), h, task, identity_layer=identity_layer, width=width, dropout_masks=first) * weight).sum(),
+    )
+    for a, b in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("ordering", ["soft", "soft-identity", "soft-conv", "parallel", "permuted", "single"])
+def test_forward_shared_equals_repeated_rows(ordering):
+    """Rows given to every task: forward_shared equals forward on T copies, in training mode too
+    (same random draws), and in its gradients."""
+    torch.manual_seed(9)
+    make = lambda: [Dense(6) for _ in range(3)]  # noqa: E731
+    shape = (6,)
+    if ordering == "soft":
+        core = random_logits(SoftOrdering(make(), 4, dropout=0.5))
+    elif ordering == "soft-identity":
+        core = random_logits(SoftOrdering(make(), 4, dropout=0.25, identity_layer=True, gate="sigmoid"))
+    elif ordering == "soft-conv":
+        core, shape = random_logits(SoftOrdering([ConvPool(3) for _ in range(2)], 4, dropout=0.5)), (1, 8, 8)
+    elif ordering == "parallel":
+        core = ParallelOrdering(make(), 4, dropout=0.5)
+    elif ordering == "permuted":
+        core = PermutedOrdering(make(), 4, seed=1, dropout=0.5)
+    else:
+        core = SingleTaskCores(make, 4, dropout=0.5)
+    z = torch.randn(5, *shape, requires_grad=True)
+    tasks = torch.tensor([2, 0, 3])
+    params = [z] + [q for q in core.parameters()]
+    for training in (False, True):
+        core.train(training)
+        torch.manual_seed(10)
+        shared = core.forward_shared(z, tasks)
+        g_shared = grads_of(params, lambda: core.forward_shared(z, tasks).pow(2).sum()) if training else None
+        torch.manual_seed(10)
+        repeated = core(z.repeat(3, *([1] * len(shape))), tasks.repeat_interleave(5))
+        g_rep = grads_of(params, lambda: core(z.repeat(3, *([1] * len(shape))), tasks.repeat_interleave(5)).pow(2).sum()) if training else None
+        torch.testing.assert_close(shared, repeated, **TOL)
+        if training:
+            for a, b in zip(g_shared, g_rep):
+                torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.75, 0.3])
+def test_keep_mask_is_dropout_distribution(p):
+    torch.manual_seed(11)
+    m = keep_mask((400, 500), p)
+    assert m.dtype == torch.float32 and m.shape == (400, 500)
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    assert abs(float(m.mean()) - (1 - p)) < 0.005
+    torch.manual_seed(11)
+    assert torch.equal(keep_mask((400, 500), p), m)  # a function of the global generator's state
+    assert keep_mask((0, 3), p).shape == (0, 3) and keep_mask((7,), p).shape == (7,)
+
+
+def test_relu_dropout_mix_gradcheck():
+    torch.manual_seed(12)
+    pre = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)  # (R, L, F)
+    w = torch.rand(2, 3, 4, dtype=torch.float64, requires_grad=True)  # (G, R, L)
+    mask = (torch.rand(2, 3, 4, 5) < 0.6).double()
+    ref = (w.unsqueeze(-1) * torch.relu(pre) * mask).sum(2)
+    torch.testing.assert_close(_ReluDropoutMix.apply(pre, w, mask.clone()), ref)
+    assert torch.autograd.gradcheck(lambda a, b: _ReluDropoutMix.apply(a, b, mask.clone()), (pre, w))
+    assert torch.autograd.gradcheck(lambda a, b: _ReluDropoutMix.apply(a, b, None), (pre, w))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape, pool", [((2, 1, 8, 9), 2), ((2, 2, 6, 6), 2), ((1, 1, 7, 7), 3)])
+def test_tiny_conv_pool_equals_conv_then_pool(shape, pool, bias):
+    torch.manual_seed(13)
+    h = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, shape[1], 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    inputs = (h, w, b) if bias else (h, w)
+    ref = F.max_pool2d(F.conv2d(h, w, b, padding=1), pool)
+    out = _TinyConvMaxPool.apply(h, w, b, pool)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    for a, c in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, c)
+    assert torch.autograd.gradcheck(lambda *a: _TinyConvMaxPool.apply(*a, *(() if bias else (None,)), pool), inputs, fast_mode=True)
+
+
+def test_pooling_ties_route_like_max_pool2d():
+    """Blank image regions give equal values in a window: the gradient goes to the first maximum."""
+    torch.manual_seed(14)
+    h = torch.zeros(2, 1, 12, 12)
+    h[:, :, 3:7, 2:9] = torch.rand(2, 1, 4, 7)
+    w, b = torch.randn(6, 1, 3, 3, requires_grad=True), torch.randn(6, requires_grad=True)
+    ref = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
+    out = _TinyConvMaxPool.apply(h, w, b, 2)
+    g = torch.randn_like(ref)
+    for a, c in zip(torch.autograd.grad(out, (w, b), g), torch.autograd.grad(ref, (w, b), g)):
+        torch.testing.assert_close(a, c, **TOL)
+    y = torch.zeros(2, 3, 9, 8)
+    y[:, :, 2:5, 1:6] = torch.randn(2, 3, 3, 5)
+    y.requires_grad_(True)
+    ref, out = F.max_pool2d(y, 2), _MaxPool2d.apply(y, 2)
+    g = torch.randn_like(ref)
+    assert torch.equal(out, ref)
+    assert torch.equal(torch.autograd.grad(out, y, g)[0], torch.autograd.grad(ref, y, g)[0])

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -81,6 +82,7 @@ class FusedBank:
     def __init__(self, layers: Sequence[nn.Module]) -> None:
         self.layers = list(layers)
         self.kind = type(self.layers[0])
+        self.activation: str = self.layers[0].activation  # type: ignore[assignment]
 
     def weights(self) -> tuple[Tensor, Tensor | None]:
         """Concatenated weights (L * C, C, ...) and biases (L * C,), differentiable w.r.t. the layers."""
@@ -101,6 +103,157 @@ class FusedBank:
         if first.pool > 1:
             y = F.max_pool2d(y, first.pool)
         return y.view(h.shape[0], num_layers, first.channels, *y.shape[2:])
+
+
+    def pre_activation(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
+        """The layers' outputs before their activation: (N, L, F) and the shape of one layer's output.
+
+        For :class:`ConvPool` the max-pooling comes first: it commutes with ReLU (and the identity),
+        ``pool(relu(x)) == relu(pool(x))`` in value and in gradient, and pooling first runs the
+        activation on a quarter of the elements. Only valid for those activations.
+        """
+        first = self.layers[0]
+        num_layers = len(self.layers)
+        if h.shape[1] < weight.shape[1]:
+            weight = weight[:, : h.shape[1]]
+        if self.kind is Dense:
+            y = F.linear(h, weight, bias)  # (N, L*C)
+            return y.view(h.shape[0], num_layers, -1), (y.shape[1] // num_layers,)
+        if first.pool > 1 and h.shape[1] * first.kernel_size**2 <= _TINY_CONTRACTION:
+            y = _TinyConvMaxPool.apply(h, weight, bias, first.pool)  # e.g. Omniglot's 1-channel images
+        else:
+            y = F.conv2d(h, weight, bias, padding=first.kernel_size // 2)  # (N, L*C, H, W)
+            if first.pool > 1:
+                y = _MaxPool2d.apply(y, first.pool)
+        return y.reshape(h.shape[0], num_layers, -1), (first.channels, *y.shape[2:])
+
+
+class _MaxPool2d(torch.autograd.Function):
+    """``max_pool2d(y, pool)`` (stride = kernel, no padding) as a running maximum of the pool * pool
+    strided views of y; its backward routes each window's gradient to the window's first maximum
+    in row-major order, exactly as ``max_pool2d``'s does, without the int64 indices (NCHW max
+    pooling on the CPU is several times slower than these elementwise maxima)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, pool: int) -> Tensor:  # type: ignore[override]
+        hp, wp = y.shape[2] // pool, y.shape[3] // pool
+        views = [y[:, :, dy : dy + pool * hp : pool, dx : dx + pool * wp : pool] for dy in range(pool) for dx in range(pool)]
+        best = views[0].clone(memory_format=torch.contiguous_format)
+        for v in views[1:]:
+            torch.maximum(best, v, out=best)
+        ctx.save_for_backward(y, best)
+        ctx.pool = pool
+        return best
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        y, best = ctx.saved_tensors
+        pool = ctx.pool
+        hp, wp = best.shape[2], best.shape[3]
+        grad_y = torch.empty_like(y, memory_format=torch.contiguous_format)
+        if y.shape[2] != pool * hp:
+            grad_y[:, :, pool * hp :].zero_()
+        if y.shape[3] != pool * wp:
+            grad_y[:, :, :, pool * wp :].zero_()
+        offsets = [(dy, dx) for dy in range(pool) for dx in range(pool)]
+        sel, rest = torch.empty_like(best), None  # rest: 1 where no earlier offset was the maximum
+        for i, (dy, dx) in enumerate(offsets):
+            window = (slice(None), slice(None), slice(dy, dy + pool * hp, pool), slice(dx, dx + pool * wp, pool))
+            if i < len(offsets) - 1:
+                torch.eq(y[window], best, out=sel)
+                if rest is None:
+                    rest = torch.rsub(sel, 1.0)
+                else:
+                    sel.mul_(rest)
+                    rest.sub_(sel)
+                torch.mul(sel, grad, out=grad_y[window])
+            else:
+                torch.mul(rest, grad, out=grad_y[window]) if rest is not None else grad_y[window].copy_(grad)
+        return grad_y, None
+
+
+_TINY_CONTRACTION = 32  # input channels x kernel area up to which _TinyConvMaxPool replaces conv + pool
+
+
+def _tiny_parts(h: Tensor, k: int, pool: int, bias: bool) -> list[Tensor]:
+    """The unfolded input at each offset of the pooling windows: pool * pool tensors (N, K [+1], H' * W'),
+    K = channels * k * k, with a last row of ones standing for the bias when ``bias``."""
+    n, c, height, width = h.shape
+    hp, wp = height // pool, width // pool
+    cols = F.unfold(h, k, padding=k // 2).view(n, c * k * k, height, width)
+    parts = []
+    for dy in range(pool):
+        for dx in range(pool):
+            part = torch.ones(n, c * k * k + int(bias), hp, wp, dtype=h.dtype, device=h.device)
+            part[:, : c * k * k] = cols[:, :, dy : dy + pool * hp : pool, dx : dx + pool * wp : pool]
+            parts.append(part.view(n, -1, hp * wp))
+    return parts
+
+
+class _TinyConvMaxPool(torch.autograd.Function):
+    """``max_pool2d(conv2d(h, weight, bias, padding=k // 2), pool)`` for inputs with few channels.
+
+    With a 1-channel image (Omniglot, read as zero-padded to the layers' width) the convolution is
+    a product with a contraction of only k * k, which the convolution kernels run far below their
+    usual speed, and its full-resolution output (then pooled) is the largest tensor of the model.
+    Here the convolution is computed separately at each of the pool * pool offsets of the pooling
+    windows, as one batched product of the weights (bias as an extra column) with the unfolded
+    input, and reduced with a running maximum, so the full-resolution output never exists. The
+    backward recomputes each offset's product (cheap: the contraction is tiny) and routes each
+    window's gradient to its first maximum in row-major order, as ``max_pool2d`` does.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, pool: int) -> Tensor:  # type: ignore[override]
+        n, _, height, width = h.shape
+        o, k = weight.shape[0], weight.shape[-1]
+        parts = _tiny_parts(h, k, pool, bias is not None)
+        wm = weight.reshape(o, -1) if bias is None else torch.cat([weight.reshape(o, -1), bias.view(o, 1)], dim=1)
+        wb = wm.expand(n, *wm.shape)  # (N, O, K [+1])
+        best = torch.bmm(wb, parts[0])  # (N, O, P)
+        buf = torch.empty_like(best)
+        for part in parts[1:]:
+            torch.maximum(best, torch.bmm(wb, part, out=buf), out=best)
+        ctx.save_for_backward(wm, best, *parts)
+        ctx.geometry = (tuple(h.shape), tuple(weight.shape), pool, bias is not None)
+        return best.view(n, o, height // pool, width // pool)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        wm, best, *parts = ctx.saved_tensors
+        (n, c, height, width), wshape, pool, has_bias = ctx.geometry
+        k = wshape[-1]
+        hp, wp = height // pool, width // pool
+        g = grad.reshape(best.shape)
+        wb = wm.expand(n, *wm.shape)
+        need_h = ctx.needs_input_grad[0]
+        need_wb = ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2])
+        grad_wm = torch.zeros_like(wm) if need_wb else None
+        dcols = torch.zeros(n, c * k * k, height, width, dtype=grad.dtype, device=grad.device) if need_h else None
+        z, sel, rest = torch.empty_like(best), torch.empty_like(best), None  # rest: 1 where no earlier offset won
+        offsets = [(dy, dx) for dy in range(pool) for dx in range(pool)]
+        for i, ((dy, dx), part) in enumerate(zip(offsets, parts)):
+            if i < len(parts) - 1:
+                torch.eq(torch.bmm(wb, part, out=z), best, out=sel)
+                if rest is None:
+                    rest = torch.rsub(sel, 1.0)
+                else:
+                    sel.mul_(rest)
+                    rest.sub_(sel)
+                gq = sel.mul_(g)  # (N, O, P): the gradient reaching offset i
+            else:
+                gq = rest.mul_(g) if rest is not None else g
+            if need_wb:
+                grad_wm += torch.bmm(gq, part.transpose(1, 2)).sum(0)
+            if need_h:
+                dpart = torch.matmul(wm[:, : c * k * k].t(), gq)  # (N, K, P)
+                dcols[:, :, dy : dy + pool * hp : pool, dx : dx + pool * wp : pool] = dpart.view(n, -1, hp, wp)
+        grad_h = F.fold(dcols.view(n, -1, height * width), (height, width), k, padding=k // 2) if need_h else None
+        grad_w = grad_wm[:, : c * k * k].reshape(wshape) if need_wb and ctx.needs_input_grad[1] else None
+        grad_b = grad_wm[:, -1].clone() if need_wb and has_bias and ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b, None
 
 
 def fused_bank(layers: Sequence[nn.Module]) -> FusedBank | None:
@@ -163,10 +316,18 @@ class TaskDense(nn.Module):
         task_ids = list(range(len(xs))) if task_ids is None else list(task_ids)
         xs = [x.reshape(x.shape[0], -1) for x in xs]
         if len({x.shape[0] for x in xs}) == 1 and len(xs) > 1:
-            idx = torch.as_tensor(task_ids, device=self.weight.device)
-            y = self._phi(torch.baddbmm(self.bias[idx], torch.stack(xs), self.weight[idx]))  # (T, n, out)
-            return list(y.unbind(0))
+            return list(self.forward_stacked(torch.stack(xs), task_ids).unbind(0))
         return [self._phi(torch.addmm(self.bias[t, 0], x, self.weight[t])) for t, x in zip(task_ids, xs)]
+
+    def forward_stacked(self, x: Tensor, task_ids: Sequence[int]) -> Tensor:
+        """Rows already stacked by task: x (T, n, in) for tasks ``task_ids`` -> (T, n, out)."""
+        task_ids = list(task_ids)
+        if task_ids == list(range(self.num_tasks)):  # every task in order: no gathered copy of the weights
+            weight, bias = self.weight, self.bias
+        else:
+            idx = torch.as_tensor(task_ids, device=self.weight.device)
+            weight, bias = self.weight[idx], self.bias[idx]
+        return self._phi(torch.baddbmm(bias, x.reshape(x.shape[0], x.shape[1], -1), weight))  # (T, n, out)
 
     def extra_repr(self) -> str:
         trainable = isinstance(self.weight, nn.Parameter)

@@ -97,6 +97,13 @@ class MultitaskModel(nn.Module):
             return modules(xs, [self.task_index[n] for n in names])
         return [modules[n](x) for n, x in zip(names, xs)]
 
+    def _decode(self, y: Tensor, names: list[str], counts: list[int]) -> list[Tensor]:
+        """Decoder outputs per task from the core's task-major rows y (N, ...)."""
+        if isinstance(self.decoders, TaskDense) and len(names) > 1 and len(set(counts)) == 1 and counts[0] > 0:
+            stacked = y.reshape(len(names), counts[0], -1)  # a view: no split and re-stack
+            return list(self.decoders.forward_stacked(stacked, [self.task_index[n] for n in names]).unbind(0))
+        return self._per_task(self.decoders, names, list(y.split(counts)))
+
     def _check_names(self, names: Sequence[str]) -> None:
         unknown = [n for n in names if n not in self.task_index]
         if unknown:
@@ -125,19 +132,33 @@ class MultitaskModel(nn.Module):
                 isinstance(self.encoders[n], ZeroPadChannels) for n in names
             ):
                 encoded = [inputs[n] for n in names]  # every core reads missing channels as zeros
+                counts = [e.shape[0] for e in encoded]
+                h = torch.cat(encoded)
+            elif isinstance(self.encoders, TaskDense) and len(names) > 1 and len({inputs[n].shape[0] for n in names}) == 1:
+                xs = torch.stack([inputs[n].reshape(inputs[n].shape[0], -1) for n in names])  # (T, n, in)
+                counts = [xs.shape[1]] * len(names)
+                h = self.encoders.forward_stacked(xs, [self.task_index[n] for n in names]).flatten(0, 1)  # (T * n, out)
             else:
                 encoded = self._per_task(self.encoders, names, [inputs[n] for n in names])
-            counts = [e.shape[0] for e in encoded]
-            h = torch.cat(encoded)
+                counts = [e.shape[0] for e in encoded]
+                h = torch.cat(encoded)
         index = torch.tensor([self.task_index[n] for n in names], device=h.device)
         task = torch.repeat_interleave(index, torch.tensor(counts, device=h.device))
         return h, task, names, counts
 
     def forward(self, inputs: Mapping[str, Tensor] | Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
-        h, task, names, counts = self.encode(inputs, tasks)
-        y = self.core(h, task)  # (N, ...)
-        outputs = self._per_task(self.decoders, names, list(y.split(counts)))
-        return dict(zip(names, outputs))
+        if isinstance(inputs, Tensor) and self.shared_encoder is not None and hasattr(self.core, "forward_shared"):
+            # rows given to every task: the core sees them once (forward_shared), not T copies
+            names = list(tasks) if tasks is not None else self.task_names
+            self._check_names(names)
+            z = self.shared_encoder(inputs)  # (B, ...)
+            index = torch.tensor([self.task_index[n] for n in names], device=z.device)
+            y = self.core.forward_shared(z, index)  # (T * B, ...), task-major
+            counts = [z.shape[0]] * len(names)
+        else:
+            h, task, names, counts = self.encode(inputs, tasks)
+            y = self.core(h, task)  # (N, ...)
+        return dict(zip(names, self._decode(y, names, counts)))
 
 
 # --- assembling the paper's configurations ------------------------------------------------------

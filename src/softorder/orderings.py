@@ -11,7 +11,10 @@ depth, ``mixing()`` of shape (num_tasks, L, depth):
 :class:`SingleTaskCores` is the single-task baseline: every task its own copy of the layers, applied
 in parallel order. No ordering loops over tasks in Python; soft ordering runs all L layers of a
 depth as one product over all rows when the layers are the library's :class:`~softorder.Dense` or
-:class:`~softorder.ConvPool`.
+:class:`~softorder.ConvPool`, and with ReLU layers it applies the activation, dropout and the mixing
+of a depth in one autograd node that keeps a single tensor for the backward pass
+(:class:`_ReluDropoutMix`). ``forward_shared`` runs rows given to every task (a shared encoder)
+through the first depth once. ``docs/performance.md`` has the measurements behind these choices.
 """
 
 from __future__ import annotations
@@ -22,10 +25,96 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from softorder.layers import fused_bank, layer_width
 
 Gate = Literal["softmax", "sigmoid"]
+
+
+# --- dropout and mixing kernels ------------------------------------------------------------------
+
+
+def keep_mask(shape: Sequence[int], p: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+    """Dropout's keep mask: a tensor of ``shape`` whose entries are 1 with probability ``1 - p``, else 0.
+
+    On the CPU, when ``1 - p`` is a multiple of 1/256 (p = 0.5, 0.25, 0.75, ...), each entry reads
+    one byte of a 32-bit draw of the global generator (four entries per draw, each kept when its
+    byte is below 256 (1 - p)): the same distribution as ``bernoulli_(1 - p)``, exactly, at a
+    fraction of its cost (which is one double-precision draw per entry). Any other ``p``, and
+    other devices, use ``bernoulli_`` as ``torch.nn.functional.dropout`` does.
+    """
+    shape = tuple(int(s) for s in shape)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    keep = 1.0 - float(p)
+    threshold = keep * 256.0
+    out = torch.empty(shape, device=device, dtype=dtype)
+    if device.type == "cpu" and 0.0 < threshold < 256.0 and threshold == int(threshold):
+        numel = out.numel()
+        words = torch.randint(-(2**31), 2**31, ((numel + 3) // 4,), dtype=torch.int32, device=device)
+        torch.lt(words.view(torch.uint8)[:numel].view(shape), int(threshold), out=out)
+        return out
+    return out.bernoulli_(keep)
+
+
+def dropout(h: Tensor, p: float, training: bool) -> Tensor:
+    """``torch.nn.functional.dropout`` (entries zeroed with probability p, the rest scaled by
+    1 / (1 - p)), drawing its mask with :func:`keep_mask`."""
+    if not training or p == 0.0:
+        return h
+    return h * keep_mask(h.shape, p, device=h.device, dtype=h.dtype).div_(1.0 - p)
+
+
+def mix(outs: Tensor, w: Tensor) -> Tensor:
+    """Weighted sum over layers: outs (..., L, F), w (..., L) -> (..., F).
+
+    An elementwise product and a sum, not a batched product of (1 x L) by (L x F) matrices: on the
+    CPU the latter (and its backward) runs as many tiny matrix products (see docs/performance.md).
+    """
+    return (outs * w.unsqueeze(-1)).sum(-2)
+
+
+class _ReluDropoutMix(torch.autograd.Function):
+    """One depth of soft ordering after the layers' products, as one autograd node.
+
+    ``pre`` (R, L, F): the L layers' pre-activations for R input rows; ``w`` (G, R, L): mixing
+    weights (already scaled by 1 / (1 - p) under dropout); ``mask`` (G, R, L, F) of 0/1 or None.
+    Returns ``out[g, r] = sum_l w[g, r, l] * relu(pre[r, l]) * mask[g, r, l]``, (G, R, F): G groups
+    of rows share the same R inputs (G > 1 only for rows given to every task, :meth:`forward_shared`).
+
+    The backward needs only ``act = relu(pre) * mask`` (written into the mask's storage): ReLU's
+    and dropout's gradient masks are both ``act > 0`` (a dropped entry is 0, a kept one is positive
+    exactly where ReLU passes gradient), so neither the mask nor the ReLU output is kept apart.
+    """
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, w: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
+        if mask is None:
+            act = torch.relu(pre).unsqueeze(0)  # (1, R, L, F)
+        else:
+            act = mask.mul_(pre).relu_()  # (G, R, L, F), in place: the mask is ours
+        num_layers = act.shape[2]
+        out = act[:, :, 0] * w[:, :, 0:1]  # (G, R, F)
+        for j in range(1, num_layers):
+            out.addcmul_(act[:, :, j], w[:, :, j : j + 1])
+        ctx.save_for_backward(act, w)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
+        act, w = ctx.saved_tensors
+        grad_pre = grad_w = buf = None
+        g = grad.unsqueeze(2)  # (G, R, 1, F)
+        if ctx.needs_input_grad[1]:
+            buf = torch.mul(act, g)  # (G, R, L, F)
+            grad_w = buf.sum(-1)  # (G, R, L)
+        if ctx.needs_input_grad[0]:
+            grad_act = torch.mul(g, w.unsqueeze(3), out=buf) if buf is not None else g * w.unsqueeze(3)  # reuses buf
+            torch.ops.aten.threshold_backward.grad_input(grad_act, act, 0, grad_input=grad_act)
+            grad_pre = grad_act.sum(0) if grad_act.shape[0] > 1 else grad_act[0]
+        return grad_pre, grad_w, None
 
 
 class OrderedCore(nn.Module):
@@ -66,6 +155,24 @@ class OrderedCore(nn.Module):
             raise TypeError(f"task must be an integer tensor, got {task.dtype}")
         if task.numel() and (int(task.min()) < 0 or int(task.max()) >= self.num_tasks):
             raise ValueError(f"task indices must be in [0, {self.num_tasks}), got [{int(task.min())}, {int(task.max())}]")
+
+    def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        """Rows given to every task: z (B, C, ...) and task indices tasks (T,) -> (T * B, C', ...).
+
+        Equals ``forward(z.repeat(T, 1, ...), tasks.repeat_interleave(B))`` (rows task-major), dropout
+        masks included; orderings that can, compute the first depth once on the B rows instead of
+        T times (the shared encoder of the paper's CelebA model gives every task the same rows).
+        """
+        tasks = self._check_shared(z, tasks)
+        h = z.repeat(tasks.shape[0], *([1] * (z.dim() - 1)))
+        return self(h, tasks.repeat_interleave(z.shape[0]))
+
+    def _check_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        tasks = torch.as_tensor(tasks, device=z.device)
+        if z.dim() < 2:
+            raise ValueError(f"z must have shape (B, C, ...), got {tuple(z.shape)}")
+        self._check_task(tasks, tasks)
+        return tasks
 
     def _pad(self, h: Tensor) -> Tensor:
         """Zero-pad dim 1 of a narrow input up to the layers' width."""
@@ -121,29 +228,56 @@ class SoftOrdering(OrderedCore):
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)
-        weights = self.mixing()[task]  # (N, L[+1], depth)
+        return self._run(h, self.mixing()[task].unsqueeze(0))  # weights (1, N, L[+1], depth)
+
+    def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        tasks = self._check_shared(z, tasks)
+        weights = self.mixing()[tasks].unsqueeze(1)  # (T, 1, L[+1], depth)
+        return self._run(z, weights.expand(-1, z.shape[0], -1, -1))  # the first depth runs on B rows
+
+    def _run(self, h: Tensor, weights: Tensor) -> Tensor:
+        """h (R, C, ...) and weights (G, R, L[+1], depth) -> (G * R, ...): G groups of rows share the
+        R input rows (G = 1, except for rows given to every task), each with its own weights."""
         fused = self._bank.weights() if self._bank is not None else None  # concatenated once per forward
-        num_layers = self.num_layers
         for k in range(self.depth):
+            if k == 1:
+                weights = weights.reshape(1, -1, *weights.shape[2:])  # (1, G * R, L[+1], depth)
+            h = self._depth(k, h, weights[:, :, :, k], fused)
+        return h
+
+    def _depth(self, k: int, h: Tensor, w: Tensor, fused: tuple[Tensor, Tensor | None] | None) -> Tensor:
+        """Depth k: h (R, C, ...), w (G, R, L[+1]) -> (G * R, C', ...)."""
+        num_layers = self.num_layers
+        groups, rows = w.shape[0], h.shape[0]
+        drop = self.training and self.dropout > 0
+        w_layers = w[:, :, :num_layers]
+        if drop:
+            w_layers = w_layers / (1.0 - self.dropout)  # dropout's scaling, moved onto the weights
+        if fused is not None and self._bank.activation == "relu":  # type: ignore[union-attr]
+            pre, out_shape = self._bank.pre_activation(h, *fused)  # type: ignore[union-attr]  # (R, L, F)
+            mask = keep_mask((groups, *pre.shape), self.dropout, device=pre.device, dtype=pre.dtype) if drop else None
+            mixed = _ReluDropoutMix.apply(pre, w_layers, mask)  # (G, R, F)
+        else:
             if fused is not None:
-                outs = self._bank(h, *fused)  # (N, L, C, ...)
+                outs = self._bank(h, *fused)  # (R, L, C, ...)
             else:
                 hp = self._pad(h)
                 outs = torch.stack([self._apply_checked(j, hp) for j in range(num_layers)], dim=1)
-            if self.dropout > 0:
-                outs = F.dropout(outs, self.dropout, self.training)
-            w = weights[:, :num_layers, k]  # (N, L)
-            mixed = torch.bmm(w.unsqueeze(1), outs.flatten(2)).view(outs.shape[0], *outs.shape[2:])
-            if self.identity_layer:
-                hp = self._pad(h)
-                if hp.shape != mixed.shape:
-                    raise ValueError(
-                        f"the identity layer needs shared layers that keep the row shape; depth {k} maps "
-                        f"{tuple(hp.shape[1:])} to {tuple(mixed.shape[1:])}"
-                    )
-                mixed = mixed + weights[:, num_layers, k].view(-1, *([1] * (hp.dim() - 1))) * hp
-            h = mixed
-        return h
+            out_shape = outs.shape[2:]
+            outs = outs.flatten(2).unsqueeze(0)  # (1, R, L, F)
+            if drop:
+                mask = keep_mask((groups, *outs.shape[1:]), self.dropout, device=outs.device, dtype=outs.dtype)
+                outs = outs * mask
+            mixed = mix(outs, w_layers)  # (G, R, F)
+        if self.identity_layer:
+            hp = self._pad(h)
+            if tuple(hp.shape[1:]) != tuple(out_shape):
+                raise ValueError(
+                    f"the identity layer needs shared layers that keep the row shape; depth {k} maps "
+                    f"{tuple(hp.shape[1:])} to {tuple(out_shape)}"
+                )
+            mixed = mixed + w[:, :, num_layers].unsqueeze(-1) * hp.flatten(1)
+        return mixed.reshape(groups * rows, *out_shape)
 
     def extra_repr(self) -> str:
         return (
@@ -179,7 +313,21 @@ class HardOrdering(OrderedCore):
         for k in range(self.depth):
             h = self._route(h, route[:, k])
             if self.dropout > 0:
-                h = F.dropout(h, self.dropout, self.training)
+                h = dropout(h, self.dropout, self.training)
+        return h
+
+    def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        tasks = self._check_shared(z, tasks)
+        first = self.order[tasks, 0]  # (T,): each task's layer at depth 0, run once per distinct layer
+        outs = {j: self._apply_checked(j, self._pad(z)) for j in first.unique().tolist()}
+        h = torch.cat([outs[j] for j in first.tolist()])  # (T * B, ...), task-major
+        if self.dropout > 0:
+            h = dropout(h, self.dropout, self.training)
+        route = self.order[tasks.repeat_interleave(z.shape[0])]  # (T * B, depth)
+        for k in range(1, self.depth):
+            h = self._route(h, route[:, k])
+            if self.dropout > 0:
+                h = dropout(h, self.dropout, self.training)
         return h
 
     def _route(self, h: Tensor, layer_of_row: Tensor) -> Tensor:
@@ -211,7 +359,7 @@ class ParallelOrdering(HardOrdering):
         for k in range(self.depth):
             h = self._apply_checked(k, h)
             if self.dropout > 0:
-                h = F.dropout(h, self.dropout, self.training)
+                h = dropout(h, self.dropout, self.training)
         return h
 
 
@@ -275,7 +423,7 @@ class SingleTaskCores(OrderedCore):
             for layer in self.task_layers[t]:
                 rows = layer(rows)
                 if self.dropout > 0:
-                    rows = F.dropout(rows, self.dropout, self.training)
+                    rows = dropout(rows, self.dropout, self.training)
             pieces.append(rows)
         sorted_out = torch.cat(pieces)
         return torch.empty_like(sorted_out).index_copy(0, perm, sorted_out)

@@ -1,0 +1,210 @@
+"""[softorder at commit fe89b97, for benchmarks/ only] Shared layers, and the per-task encoders and decoders around the ordered core.
+
+The shared layers of the paper are square: as many channels out as in, so any layer can follow any
+other. :class:`Dense` and :class:`ConvPool` are the library's own kinds; when every layer of a core
+is one of them with the same configuration, the orderings run all layers of a depth as one matrix
+product or one convolution (see :func:`fused_bank`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "identity": lambda x: x,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+}
+
+
+def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+class Dense(nn.Module):
+    """A shared dense layer ``phi(W h + b)``: (N, width) -> (N, width)."""
+
+    def __init__(self, width: int, activation: str = "relu", bias: bool = True) -> None:
+        super().__init__()
+        self.width, self.activation = int(width), activation
+        self._phi = activation_fn(activation)
+        self.linear = nn.Linear(width, width, bias=bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self._phi(self.linear(h))
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, activation={self.activation!r}"
+
+
+class ConvPool(nn.Module):
+    """A shared conv layer: ``k x k`` convolution (same padding), activation, ``pool x pool`` max-pooling.
+
+    (N, C, H, W) -> (N, C, H // pool, W // pool). The paper's Omniglot core (Sec. 4.3, A.3) is four
+    of these with C = 53, k = 3, pool = 2 and ReLU.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, pool: int = 2, activation: str = "relu") -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"ConvPool needs an odd kernel_size for same padding, got {kernel_size}")
+        self.channels, self.kernel_size, self.pool, self.activation = int(channels), kernel_size, pool, activation
+        self._phi = activation_fn(activation)
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, h: Tensor) -> Tensor:
+        y = self._phi(self.conv(h))
+        return F.max_pool2d(y, self.pool) if self.pool > 1 else y
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, kernel_size={self.kernel_size}, pool={self.pool}"
+
+
+class FusedBank:
+    """All L layers of a bank applied to the same rows at once, reading the layers' own parameters.
+
+    ``__call__(h)`` gives (N, L, *out_shape). ``h`` may have fewer channels (dim 1) than the layers
+    expect; the missing channels are then read as zeros without being materialised (the paper's
+    zero-padding of Omniglot inputs to 53 channels, A.3). Not an ``nn.Module``: it holds no
+    parameters of its own, only references to the modules it was built from.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.layers = list(layers)
+        self.kind = type(self.layers[0])
+
+    def weights(self) -> tuple[Tensor, Tensor | None]:
+        """Concatenated weights (L * C, C, ...) and biases (L * C,), differentiable w.r.t. the layers."""
+        mods = [l.linear if self.kind is Dense else l.conv for l in self.layers]  # type: ignore[union-attr]
+        weight = torch.cat([m.weight for m in mods], dim=0)
+        bias = torch.cat([m.bias for m in mods], dim=0) if mods[0].bias is not None else None
+        return weight, bias
+
+    def __call__(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        first = self.layers[0]
+        num_layers = len(self.layers)
+        if h.shape[1] < weight.shape[1]:
+            weight = weight[:, : h.shape[1]]
+        if self.kind is Dense:
+            y = first._phi(F.linear(h, weight, bias))  # (N, L*C)
+            return y.view(h.shape[0], num_layers, -1)
+        y = first._phi(F.conv2d(h, weight, bias, padding=first.kernel_size // 2))  # (N, L*C, H, W)
+        if first.pool > 1:
+            y = F.max_pool2d(y, first.pool)
+        return y.view(h.shape[0], num_layers, first.channels, *y.shape[2:])
+
+
+def fused_bank(layers: Sequence[nn.Module]) -> FusedBank | None:
+    """A :class:`FusedBank` if every layer is a library Dense / ConvPool of one configuration, else None."""
+    first = layers[0]
+    if type(first) is Dense:
+        key = lambda l: (type(l), l.width, l.activation, l.linear.bias is None)  # noqa: E731
+    elif type(first) is ConvPool:
+        key = lambda l: (type(l), l.channels, l.kernel_size, l.pool, l.activation)  # noqa: E731
+    else:
+        return None
+    if all(type(l) is type(first) and key(l) == key(first) for l in layers):
+        return FusedBank(layers)
+    return None
+
+
+def layer_width(layer: nn.Module) -> int | None:
+    """The channel count (dim 1) a library layer expects, or None for a user module."""
+    if isinstance(layer, Dense):
+        return layer.width
+    if isinstance(layer, ConvPool):
+        return layer.channels
+    return None
+
+
+# --- encoders and decoders ----------------------------------------------------------------------
+
+
+class TaskDense(nn.Module):
+    """One dense layer per task, stored as one (T, in, out) tensor.
+
+    ``forward(xs)`` takes a list of T tensors (n_t, in) and returns a list of (n_t, out). When every
+    task has the same number of rows (every training batch) all tasks run as one batched product.
+    ``trainable=False`` gives the paper's frozen random encoders (Sec. 4.1): the weights are a buffer,
+    never updated.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int,
+        in_features: int,
+        out_features: int,
+        activation: str = "identity",
+        trainable: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_tasks, self.in_features, self.out_features = num_tasks, in_features, out_features
+        self.activation, self._phi = activation, activation_fn(activation)
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default initialisation
+        weight = (torch.rand(num_tasks, in_features, out_features, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(num_tasks, 1, out_features, generator=generator) * 2 - 1) * bound
+        if trainable:
+            self.weight, self.bias = nn.Parameter(weight), nn.Parameter(bias)
+        else:
+            self.register_buffer("weight", weight)
+            self.register_buffer("bias", bias)
+
+    def forward(self, xs: Sequence[Tensor], task_ids: Sequence[int] | None = None) -> list[Tensor]:
+        task_ids = list(range(len(xs))) if task_ids is None else list(task_ids)
+        xs = [x.reshape(x.shape[0], -1) for x in xs]
+        if len({x.shape[0] for x in xs}) == 1 and len(xs) > 1:
+            idx = torch.as_tensor(task_ids, device=self.weight.device)
+            y = self._phi(torch.baddbmm(self.bias[idx], torch.stack(xs), self.weight[idx]))  # (T, n, out)
+            return list(y.unbind(0))
+        return [self._phi(torch.addmm(self.bias[t, 0], x, self.weight[t])) for t, x in zip(task_ids, xs)]
+
+    def extra_repr(self) -> str:
+        trainable = isinstance(self.weight, nn.Parameter)
+        return f"tasks={self.num_tasks}, in={self.in_features}, out={self.out_features}, trainable={trainable}"
+
+
+class ZeroPadChannels(nn.Module):
+    """Identity encoder that zero-pads dim 1 to ``width`` channels: (N, c, ...) -> (N, width, ...).
+
+    The model skips the padding when the core can read narrow inputs directly (same result, less work).
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = int(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[1] > self.width:
+            raise ValueError(f"input has {x.shape[1]} channels, more than the core's {self.width}")
+        pad = [0, 0] * (x.dim() - 2) + [0, self.width - x.shape[1]]
+        return F.pad(x, pad)
+
+
+class GlobalAveragePool(nn.Module):
+    """Global average pooling decoder (paper Sec. 5): the mean over all features, (N, ...) -> (N, 1)."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h.reshape(h.shape[0], -1).mean(dim=1, keepdim=True)
+
+
+def dense_encoder(in_features: int, width: int, *, frozen: bool = False) -> nn.Module:
+    """A dense ReLU encoder (N, *in_shape) -> (N, width); ``frozen`` fixes its random weights."""
+    enc = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU())
+    if frozen:
+        enc.requires_grad_(False)
+    return enc
+
+
+def dense_decoder(in_features: int, num_outputs: int) -> nn.Module:
+    """A dense decoder (N, ...) -> (N, num_outputs) logits; the task's kind supplies the activation."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_outputs))

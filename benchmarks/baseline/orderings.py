@@ -1,0 +1,284 @@
+"""[softorder at commit fe89b97, for benchmarks/ only] The ordered core: how a bank of shared layers is applied at every depth, per task.
+
+All three orderings of the paper take rows of many tasks at once, ``h`` of shape (N, ...) with a
+task index per row ``task`` of shape (N,), and differ only in the per-task mixing of layers at each
+depth, ``mixing()`` of shape (num_tasks, L, depth):
+
+* :class:`ParallelOrdering`, Eq. 2: layer k at depth k for every task (one-hot mixing).
+* :class:`PermutedOrdering`, Eq. 3: layer rho_t(k) at depth k, a fixed permutation per task.
+* :class:`SoftOrdering`, Eq. 7: a learned softmax (or sigmoid) weighting of all L layers.
+
+:class:`SingleTaskCores` is the single-task baseline: every task its own copy of the layers, applied
+in parallel order. No ordering loops over tasks in Python; soft ordering runs all L layers of a
+depth as one product over all rows when the layers are the library's :class:`~softorder.Dense` or
+:class:`~softorder.ConvPool`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baseline.layers import fused_bank, layer_width
+
+Gate = Literal["softmax", "sigmoid"]
+
+
+class OrderedCore(nn.Module):
+    """Base class: shared ``layers`` applied at ``depth`` depths, with dropout after each layer."""
+
+    def __init__(self, layers: Sequence[nn.Module], num_tasks: int, depth: int | None, dropout: float) -> None:
+        super().__init__()
+        layers = list(layers)
+        if not layers:
+            raise ValueError("an ordered core needs at least one layer")
+        if not all(isinstance(l, nn.Module) for l in layers):
+            raise TypeError("every layer must be a torch.nn.Module")
+        if num_tasks < 1:
+            raise ValueError(f"num_tasks must be at least 1, got {num_tasks}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.layers = nn.ModuleList(layers)
+        self.num_tasks = int(num_tasks)
+        self.depth = len(layers) if depth is None else int(depth)
+        if self.depth < 1:
+            raise ValueError(f"depth must be at least 1, got {self.depth}")
+        self.dropout = float(dropout)
+        widths = {layer_width(l) for l in layers}
+        self.width = widths.pop() if len(widths) == 1 else None  # None: user modules, or mixed widths
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def mixing(self) -> Tensor:
+        """Weight of layer j at depth k for task t: (num_tasks, L, depth)."""
+        raise NotImplementedError
+
+    def _check_task(self, h: Tensor, task: Tensor) -> None:
+        if task.dim() != 1 or task.shape[0] != h.shape[0]:
+            raise ValueError(f"task must have shape (N,) = ({h.shape[0]},), got {tuple(task.shape)}")
+        if task.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"task must be an integer tensor, got {task.dtype}")
+        if task.numel() and (int(task.min()) < 0 or int(task.max()) >= self.num_tasks):
+            raise ValueError(f"task indices must be in [0, {self.num_tasks}), got [{int(task.min())}, {int(task.max())}]")
+
+    def _pad(self, h: Tensor) -> Tensor:
+        """Zero-pad dim 1 of a narrow input up to the layers' width."""
+        if self.width is None or h.shape[1] >= self.width:
+            return h
+        return F.pad(h, [0, 0] * (h.dim() - 2) + [0, self.width - h.shape[1]])
+
+    def _apply_checked(self, j: int, h: Tensor) -> Tensor:
+        """Layer j on h, checking it keeps the channel count so that layers can follow each other."""
+        y = self.layers[j](h)
+        if y.dim() != h.dim() or y.shape[:2] != h.shape[:2]:
+            raise ValueError(
+                f"shared layer {j} ({type(self.layers[j]).__name__}) maps rows of shape {tuple(h.shape[1:])} "
+                f"to {tuple(y.shape[1:])}: shared layers must keep the number of channels (dim 1)"
+            )
+        return y
+
+
+class SoftOrdering(OrderedCore):
+    """Soft ordering of shared layers (paper Eq. 7).
+
+    At depth k every row of task t becomes ``sum_j mixing()[t, j, k] * dropout(layer_j(h))``, plus
+    ``mixing()[t, L, k] * h`` with the identity layer. ``logits`` (num_tasks, L [+1], depth) is the
+    paper's tensor S, initialised to equal values; ``gate`` turns it into weights with a softmax over
+    layers (the paper's main method) or an independent sigmoid per entry (its Sec. 5).
+
+    ``forward(h, task)``: h (N, C, ...), task (N,) -> (N, C, ...'). ``h`` may have fewer channels
+    than the layers' width; the rest are read as zeros (Sec. 4.3), without being materialised when
+    the layers are a fused library bank.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        num_tasks: int,
+        *,
+        depth: int | None = None,
+        identity_layer: bool = False,
+        gate: Gate = "softmax",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(layers, num_tasks, depth, dropout)
+        if gate not in ("softmax", "sigmoid"):
+            raise ValueError(f"gate must be 'softmax' or 'sigmoid', got {gate!r}")
+        self.gate, self.identity_layer = gate, bool(identity_layer)
+        rows = self.num_layers + int(self.identity_layer)
+        self.logits = nn.Parameter(torch.zeros(self.num_tasks, rows, self.depth))
+        self._bank = fused_bank(self.layers)
+
+    def mixing(self) -> Tensor:
+        """(num_tasks, L [+1], depth) weights: softmax over dim 1, or elementwise sigmoid."""
+        return torch.softmax(self.logits, dim=1) if self.gate == "softmax" else torch.sigmoid(self.logits)
+
+    def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        self._check_task(h, task)
+        weights = self.mixing()[task]  # (N, L[+1], depth)
+        fused = self._bank.weights() if self._bank is not None else None  # concatenated once per forward
+        num_layers = self.num_layers
+        for k in range(self.depth):
+            if fused is not None:
+                outs = self._bank(h, *fused)  # (N, L, C, ...)
+            else:
+                hp = self._pad(h)
+                outs = torch.stack([self._apply_checked(j, hp) for j in range(num_layers)], dim=1)
+            if self.dropout > 0:
+                outs = F.dropout(outs, self.dropout, self.training)
+            w = weights[:, :num_layers, k]  # (N, L)
+            mixed = torch.bmm(w.unsqueeze(1), outs.flatten(2)).view(outs.shape[0], *outs.shape[2:])
+            if self.identity_layer:
+                hp = self._pad(h)
+                if hp.shape != mixed.shape:
+                    raise ValueError(
+                        f"the identity layer needs shared layers that keep the row shape; depth {k} maps "
+                        f"{tuple(hp.shape[1:])} to {tuple(mixed.shape[1:])}"
+                    )
+                mixed = mixed + weights[:, num_layers, k].view(-1, *([1] * (hp.dim() - 1))) * hp
+            h = mixed
+        return h
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_tasks={self.num_tasks}, depth={self.depth}, gate={self.gate!r}, "
+            f"identity_layer={self.identity_layer}, dropout={self.dropout}"
+        )
+
+
+class HardOrdering(OrderedCore):
+    """A fixed layer per task and depth, ``order[t, k]``; each row goes through exactly one layer.
+
+    Rows are grouped by the layer they use at each depth (a loop over layers, never over tasks), so
+    the cost is that of a plain network of the same depth.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], num_tasks: int, order: Tensor, dropout: float) -> None:
+        order = torch.as_tensor(order, dtype=torch.long)
+        super().__init__(layers, num_tasks, order.shape[1] if order.dim() == 2 else None, dropout)
+        if order.shape != (self.num_tasks, self.depth):
+            raise ValueError(f"order must have shape (num_tasks, depth) = ({self.num_tasks}, {self.depth}), got {tuple(order.shape)}")
+        if int(order.min()) < 0 or int(order.max()) >= self.num_layers:
+            raise ValueError(f"order entries must be layer indices in [0, {self.num_layers})")
+        self.register_buffer("order", order)
+
+    def mixing(self) -> Tensor:
+        """One-hot (num_tasks, L, depth): 1 where layer j is task t's layer at depth k."""
+        return F.one_hot(self.order, self.num_layers).transpose(1, 2).to(torch.get_default_dtype())
+
+    def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        self._check_task(h, task)
+        h = self._pad(h)
+        route = self.order[task]  # (N, depth)
+        for k in range(self.depth):
+            h = self._route(h, route[:, k])
+            if self.dropout > 0:
+                h = F.dropout(h, self.dropout, self.training)
+        return h
+
+    def _route(self, h: Tensor, layer_of_row: Tensor) -> Tensor:
+        """Apply layer ``layer_of_row[n]`` to row n of h."""
+        first = int(layer_of_row[0]) if layer_of_row.numel() else 0
+        if layer_of_row.numel() == 0 or bool((layer_of_row == first).all()):
+            return self._apply_checked(first, h)
+        perm = torch.argsort(layer_of_row, stable=True)
+        counts = torch.bincount(layer_of_row, minlength=self.num_layers).tolist()
+        pieces = [
+            self._apply_checked(j, rows)
+            for j, rows in enumerate(h[perm].split(counts))
+            if counts[j] > 0
+        ]
+        sorted_out = torch.cat(pieces)
+        return torch.empty_like(sorted_out).index_copy(0, perm, sorted_out)
+
+
+class ParallelOrdering(HardOrdering):
+    """Parallel ordering (paper Eq. 2): every task applies layer k at depth k, k = 1..L."""
+
+    def __init__(self, layers: Sequence[nn.Module], num_tasks: int, *, dropout: float = 0.0) -> None:
+        order = torch.arange(len(layers)).expand(num_tasks, len(layers)).clone()
+        super().__init__(layers, num_tasks, order, dropout)
+
+    def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        self._check_task(h, task)
+        h = self._pad(h)
+        for k in range(self.depth):
+            h = self._apply_checked(k, h)
+            if self.dropout > 0:
+                h = F.dropout(h, self.dropout, self.training)
+        return h
+
+
+class PermutedOrdering(HardOrdering):
+    """Permuted ordering (paper Eq. 3): task t applies layer rho_t(k) at depth k.
+
+    ``permutations`` (num_tasks, L) gives each task's order; by default one random permutation per
+    task is drawn from ``seed`` before training and then fixed.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[nn.Module],
+        num_tasks: int,
+        *,
+        permutations: Tensor | Sequence[Sequence[int]] | None = None,
+        seed: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
+        num_layers = len(layers)
+        if permutations is None:
+            gen = torch.Generator().manual_seed(seed)
+            order = torch.stack([torch.randperm(num_layers, generator=gen) for _ in range(num_tasks)])
+        else:
+            order = torch.as_tensor(permutations, dtype=torch.long)
+            expected = torch.arange(num_layers)
+            if order.dim() != 2 or order.shape != (num_tasks, num_layers):
+                raise ValueError(f"permutations must have shape ({num_tasks}, {num_layers}), got {tuple(order.shape)}")
+            for t, row in enumerate(order):
+                if not torch.equal(row.sort().values, expected):
+                    raise ValueError(f"permutations[{t}] = {row.tolist()} is not a permutation of 0..{num_layers - 1}")
+        super().__init__(layers, num_tasks, order, dropout)
+
+
+class SingleTaskCores(OrderedCore):
+    """Single-task baseline: each task its own copy of the layers, in parallel order.
+
+    ``make_layers()`` is called once per task. ``layers`` holds task 0's copy (so ``width`` and the
+    layer count are known); ``task_layers[t]`` holds task t's. Each task's rows run through its own
+    copy (a loop over tasks is inherent to separate models).
+    """
+
+    def __init__(self, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0) -> None:
+        copies = [nn.ModuleList(make_layers()) for _ in range(num_tasks)]
+        super().__init__(list(copies[0]), num_tasks, None, dropout)
+        self.task_layers = nn.ModuleList(copies)
+
+    def mixing(self) -> Tensor:
+        eye = torch.eye(self.num_layers)
+        return eye.expand(self.num_tasks, self.num_layers, self.num_layers).clone()
+
+    def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        self._check_task(h, task)
+        h = self._pad(h)
+        perm = torch.argsort(task, stable=True)
+        counts = torch.bincount(task, minlength=self.num_tasks).tolist()
+        pieces = []
+        for t, rows in enumerate(h[perm].split(counts)):
+            if counts[t] == 0:
+                continue
+            for layer in self.task_layers[t]:
+                rows = layer(rows)
+                if self.dropout > 0:
+                    rows = F.dropout(rows, self.dropout, self.training)
+            pieces.append(rows)
+        sorted_out = torch.cat(pieces)
+        return torch.empty_like(sorted_out).index_copy(0, perm, sorted_out)
+
+
+ORDERINGS = ("single", "parallel", "permuted", "soft")

@@ -1,0 +1,393 @@
+"""Speed and memory of softorder, measured side by side in one run.
+
+    python benchmarks/run.py [--quick] [--out benchmarks/results.json] [--threads 1] [--only a,b]
+
+Sections (``--only`` picks some): peak, mnist, celeba, omniglot, growth, ablations, overhead,
+threads, environment. Every comparison interleaves its candidates (see harness.py); times are medians, speeds
+are ratios of medians. Prints tables and writes every number to the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+import ablations  # noqa: E402
+import harness  # noqa: E402
+import settings  # noqa: E402
+
+SECTIONS = ("peak", "mnist", "celeba", "omniglot", "growth", "ablations", "overhead", "threads", "environment")
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def config(quick: bool) -> dict:
+    if quick:
+        return dict(reps=5, omniglot_tasks=10, omniglot_reps=2, growth_tasks=[1, 4, 16, 64], growth_depths=[2, 4, 8],
+                    growth_depth_tasks=16, growth_reps=3, ablation_reps=5, thread_reps=3, overhead_reps=5, env_reps=3)
+    return dict(reps=11, omniglot_tasks=50, omniglot_reps=3, growth_tasks=[1, 2, 4, 8, 16, 32, 64],
+                growth_depths=[2, 3, 4, 5, 6, 7, 8], growth_depth_tasks=16, growth_reps=5, ablation_reps=9,
+                thread_reps=5, overhead_reps=9, env_reps=7)
+
+
+def machine_info(threads: int) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": threads,
+        "blas": "MKL" if torch.backends.mkl.is_available() else "other",
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")},
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n## {title}")
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    sys.stdout.flush()
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+    return str(x)
+
+
+def ms(xs: list[float]) -> float:
+    return harness.median(xs) * 1e3
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def section_peak(cfg: dict) -> dict:
+    res = harness.mm_peak(sizes=(1024, 2048), reps=10)
+    best = max(v["best_flops_per_s"] for v in res.values())
+    table("float32 matrix-multiply peak (square torch.mm)", ["n", "best GFLOP/s", "median GFLOP/s"],
+          [[n, v["best_flops_per_s"] / 1e9, v["median_flops_per_s"] / 1e9] for n, v in res.items()])
+    return {"sizes": res, "peak_flops_per_s": best}
+
+
+def section_setting(setting: str, cfg: dict, peak: float) -> dict:
+    """Soft ordering against the typical loop and against parallel ordering, before and after."""
+    work = {
+        "loop": settings.workload(setting, "loop"),
+        "soft": settings.workload(setting, "soft"),
+        "parallel": settings.workload(setting, "parallel"),
+        "soft (before)": settings.workload(setting, "soft", impl="baseline"),
+        "parallel (before)": settings.workload(setting, "parallel", impl="baseline"),
+    }
+    flops = {k: harness.count_flops(w.step) for k, w in work.items()}
+    mm, mm_flops = harness.mm_call(1024)
+    cands = {k: w.step for k, w in work.items()}
+    cands["mm1024"] = mm
+    times = harness.interleaved(cands, cfg["reps"], warmup=1)
+    rows = []
+    for k in work:
+        rows.append([k, ms(times[k]), flops[k] / 1e9, flops[k] / harness.median(times[k]) / 1e9])
+    table(f"{setting}: one training step (forward, backward, Adam)", ["candidate", "median ms", "GFLOP", "GFLOP/s"], rows)
+
+    soft_fps = [flops["soft"] / t for t in times["soft"]]
+    mm_fps = [mm_flops / t for t in times["mm1024"]]
+    frac = {
+        "median_step_vs_best_peak": harness.median(soft_fps) / peak,
+        "best_step_vs_best_peak": max(soft_fps) / max(peak, max(mm_fps)),
+        "median_round_vs_interleaved_mm": harness.median([s / m for s, m in zip(soft_fps, mm_fps)]),
+    }
+    ratios = {
+        "loop_over_soft": harness.ratio(times, "loop", "soft"),
+        "soft_over_parallel": harness.ratio(times, "soft", "parallel"),
+        "soft_before_over_after": harness.ratio(times, "soft (before)", "soft"),
+        "parallel_before_over_after": harness.ratio(times, "parallel (before)", "parallel"),
+        "loop_over_soft_before": harness.ratio(times, "loop", "soft (before)"),
+        "soft_over_parallel_before": harness.ratio(times, "soft (before)", "parallel (before)"),
+    }
+    table(f"{setting}: ratios (median of medians; median of per-round ratios)", ["ratio", "value", "per-round"],
+          [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
+    table(f"{setting}: soft ordering's FLOP/s as a fraction of the matrix-multiply peak", ["measure", "fraction"],
+          [[k, v] for k, v in frac.items()])
+    return {"median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "flops": flops,
+            "ratios": ratios, "fraction_of_peak": frac}
+
+
+def section_omniglot(cfg: dict) -> dict:
+    tasks = cfg["omniglot_tasks"]
+    work = {
+        "shortcut": settings.omniglot_workload(False, tasks),
+        "padded": settings.omniglot_workload(True, tasks),
+        "shortcut (before)": settings.omniglot_workload(False, tasks, impl="baseline"),
+        "padded (before)": settings.omniglot_workload(True, tasks, impl="baseline"),
+    }
+    flops = {k: harness.count_flops(w.step) for k, w in work.items()}
+    times = harness.interleaved({k: w.step for k, w in work.items()}, cfg["omniglot_reps"], warmup=0)
+    table(f"omniglot, {tasks} tasks, 105x105: one training step", ["candidate", "median ms", "GFLOP", "GFLOP/s"],
+          [[k, ms(times[k]), flops[k] / 1e9, flops[k] / harness.median(times[k]) / 1e9] for k in work])
+    ratios = {
+        "padded_over_shortcut": harness.ratio(times, "padded", "shortcut"),
+        "padded_over_shortcut_before": harness.ratio(times, "padded (before)", "shortcut (before)"),
+        "shortcut_before_over_after": harness.ratio(times, "shortcut (before)", "shortcut"),
+        "padded_before_over_after": harness.ratio(times, "padded (before)", "padded"),
+    }
+    table("omniglot: ratios", ["ratio", "value", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
+    return {"tasks": tasks, "median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "flops": flops, "ratios": ratios}
+
+
+def _growth_point(num_tasks: int, depth: int) -> settings.Workload:
+    return settings.workload("mnist", "soft", num_tasks=num_tasks, depth=depth)
+
+
+def section_growth(cfg: dict) -> dict:
+    out = {}
+    for axis, points in (("tasks", cfg["growth_tasks"]), ("depth", cfg["growth_depths"])):
+        work = {}
+        for p in points:
+            t, d = (p, 4) if axis == "tasks" else (cfg["growth_depth_tasks"], p)
+            work[p] = _growth_point(t, d)
+        times = harness.interleaved({p: w.step for p, w in work.items()}, cfg["growth_reps"], warmup=1)
+        base = points[0]
+        rows, res = [], {}
+        for p, w in work.items():
+            params = list(w.model.parameters()) + list(w.model.buffers())
+            saved = harness.saved_activation_bytes(w.loss, params)
+            peak = harness.peak_allocated_bytes(w.step)
+            flops = harness.count_flops(w.step)
+            res[p] = {"median_ms": ms(times[p]), "times_s": times[p], "saved_bytes": saved, "peak_alloc_bytes": peak, "flops": flops}
+            rows.append([p, ms(times[p]), ms(times[p]) / ms(times[base]), flops / 1e9, saved / 2**20,
+                         None if peak is None else peak / 2**20])
+        label = "tasks (depth 4)" if axis == "tasks" else f"depth = layers ({cfg['growth_depth_tasks']} tasks)"
+        table(f"growth in {label}: MNIST setting, soft ordering", [axis, "median ms", f"x {axis}={base}", "GFLOP",
+              "saved for backward MiB", "peak allocated MiB"], rows)
+        out[axis] = res
+    return out
+
+
+def section_ablations(cfg: dict) -> dict:
+    """Each optimization off on its own (same model, interleaved): slowdown = off / on."""
+    out = {}
+    plans = {
+        "mnist": {
+            "bernoulli_ dropout masks": [ablations.bernoulli_masks],
+            "unfused ReLU/dropout/mix (mul-sum mix)": ["unfused"],
+            "unfused, bmm mix (as before)": ["unfused", ablations.bmm_mixing],
+            "TaskDense gathers weights": [ablations.gathered_task_weights],
+        },
+        "celeba": {
+            "bernoulli_ dropout masks": [ablations.bernoulli_masks],
+            "unfused ReLU/dropout/mix (mul-sum mix)": ["unfused"],
+            "unfused, bmm mix (as before)": ["unfused", ablations.bmm_mixing],
+            "rows copied per task (no forward_shared)": [ablations.repeated_rows],
+        },
+    }
+    for setting, plan in plans.items():
+        w = settings.workload(setting, "soft")
+        core = w.model.core
+        cands = {"all on": w.step}
+        for name, managers in plan.items():
+            ms_ = [(lambda c=core: ablations.unfused_depth(c)) if m == "unfused" else m for m in managers]
+            cands[name] = ablations.wrap(w.step, *ms_)
+        times = harness.interleaved(cands, cfg["ablation_reps"], warmup=1)
+        rows = [[k, ms(times[k]), harness.ratio(times, k, "all on")["ratio"]] for k in cands]
+        table(f"{setting}: optimizations switched off one at a time (soft ordering step)", ["variant", "median ms", "off / on"], rows)
+        out[setting] = {k: {"median_ms": ms(times[k]), "off_over_on": harness.ratio(times, k, "all on")} for k in cands}
+    # the conv path, on Omniglot with 10 tasks (the same code path as 50)
+    w = settings.omniglot_workload(False, 10)
+    core = w.model.core
+    cands = {
+        "all on": w.step,
+        "conv2d + pooling at the first depth (no _TinyConvMaxPool)": ablations.wrap(w.step, ablations.conv_then_pool_first_depth),
+        "torch max_pool2d (no _MaxPool2d)": ablations.wrap(w.step, ablations.torch_max_pool),
+        "unfused: conv2d, ReLU, max_pool2d, dropout, mix (as before)": ablations.wrap(w.step, lambda: ablations.unfused_depth(core)),
+        "bernoulli_ dropout masks": ablations.wrap(w.step, ablations.bernoulli_masks),
+    }
+    times = harness.interleaved(cands, max(2, cfg["ablation_reps"] // 2), warmup=1)
+    rows = [[k, ms(times[k]), harness.ratio(times, k, "all on")["ratio"]] for k in cands]
+    table("omniglot (10 tasks, shortcut): optimizations switched off one at a time", ["variant", "median ms", "off / on"], rows)
+    out["omniglot10"] = {k: {"median_ms": ms(times[k]), "off_over_on": harness.ratio(times, k, "all on")} for k in cands}
+    return out
+
+
+def section_overhead(cfg: dict) -> dict:
+    """Share of a soft-ordering step spent in the encoders (TaskDense, MultitaskModel.encode) and
+    decoders, timed on their own next to the full step."""
+    out = {}
+    for setting in ("mnist", "celeba"):
+        w = settings.workload(setting, "soft")
+        m = w.model
+        names = m.task_names
+        with torch.no_grad():
+            if isinstance(w.inputs, torch.Tensor):
+                z = m.shared_encoder(w.inputs)
+                y = m.core.forward_shared(z, torch.arange(len(names)))
+            else:
+                h, task, _, _ = m.encode(w.inputs)
+                y = m.core(h, task)
+        counts = [y.shape[0] // len(names)] * len(names)
+        yg = y.detach().requires_grad_()
+
+        def decode_fb():
+            outs = m._decode(yg, names, counts)
+            torch.stack([o.sum() for o in outs]).sum().backward()
+
+        if isinstance(w.inputs, torch.Tensor):
+            encode = lambda: m.shared_encoder(w.inputs)  # noqa: E731
+        else:
+            encode = lambda: m.encode(w.inputs)  # noqa: E731
+        times = harness.interleaved({"step": w.step, "encode (forward)": encode, "decoders (forward+backward)": decode_fb},
+                                    cfg["overhead_reps"], warmup=1)
+        step = harness.median(times["step"])
+        rows = [[k, ms(v), harness.median(v) / step] for k, v in times.items()]
+        table(f"{setting}: encoder and decoder overhead", ["part", "median ms", "share of step"], rows)
+        out[setting] = {k: {"median_ms": ms(v), "share_of_step": harness.median(v) / step} for k, v in times.items()}
+    return out
+
+
+def section_threads(cfg: dict) -> dict:
+    """The soft step with 1 and 2 intra-op threads, switched per call (torch.set_num_threads)."""
+    out = {}
+    before = torch.get_num_threads()
+    for setting in ("mnist", "celeba"):
+        w = settings.workload(setting, "soft")
+
+        def with_threads(n):
+            def run():
+                torch.set_num_threads(n)
+                try:
+                    w.step()
+                finally:
+                    torch.set_num_threads(before)
+            return run
+
+        times = harness.interleaved({"1 thread": with_threads(1), "2 threads": with_threads(2)}, cfg["thread_reps"], warmup=1)
+        table(f"{setting}: intra-op threads (soft step)", ["threads", "median ms"], [[k, ms(v)] for k, v in times.items()])
+        out[setting] = {"median_ms": {k: ms(v) for k, v in times.items()}, "two_over_one": harness.ratio(times, "2 threads", "1 thread")}
+    return out
+
+
+ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 25), "THP_MEM_ALLOC_ENABLE": "1"}
+
+
+def section_environment(cfg: dict) -> dict:
+    """Process-wide settings, each candidate a worker process (worker.py), steps interleaved. (Two
+    threads with the default OpenMP waiting is in the threads section: on a loaded machine it is
+    too slow to repeat here.)"""
+    import subprocess
+
+    candidates = {
+        "1 thread": (1, {}),
+        "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+        "1 thread, allocator settings": (1, ALLOCATOR_ENV),
+    }
+    out = {}
+    for setting, ordering in (("mnist", "soft"), ("celeba", "soft"), ("celeba", "loop"), ("omniglot10", "soft")):
+        procs = {}
+        for name, (threads, extra) in candidates.items():
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+            env.update(extra)
+            procs[name] = subprocess.Popen([sys.executable, str(HERE / "worker.py"), str(threads)], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, text=True, env=env)
+
+        def ask(p, line):
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            return json.loads(p.stdout.readline())
+
+        try:
+            for p in procs.values():
+                ask(p, f"build {setting} {ordering}")
+            reps = cfg["env_reps"] if setting != "omniglot10" else max(2, cfg["env_reps"] // 2)
+            times = harness.interleaved({n: (lambda p=p: None) for n, p in procs.items()}, 0)  # names only
+            for r in range(reps):
+                names = list(procs)
+                for n in names[r % len(names):] + names[: r % len(names)]:
+                    times[n].append(ask(procs[n], "step")["s"])
+        finally:
+            for p in procs.values():
+                try:
+                    p.stdin.write("quit\n")
+                    p.stdin.flush()
+                except OSError:
+                    pass
+                p.wait(timeout=60)
+        base = "1 thread"
+        rows = [[n, ms(v), harness.ratio(times, n, base)["ratio"]] for n, v in times.items()]
+        table(f"{setting} {ordering}: process settings (one worker process each)", ["setting", "median ms", f"/ {base}"], rows)
+        out[f"{setting}/{ordering}"] = {n: {"median_ms": ms(v), "over_1_thread": harness.ratio(times, n, base)} for n, v in times.items()}
+    out["allocator_env"] = ALLOCATOR_ENV
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller Omniglot (about 1-2 minutes)")
+    ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON file for every number")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for everything but the threads section (default 1)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
+    args = ap.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown sections {unknown}; choose from {SECTIONS}")
+
+    torch.set_num_threads(args.threads)
+    cfg = config(args.quick)
+    results: dict = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else argv,
+                     "quick": args.quick, "config": cfg, "machine": machine_info(args.threads)}
+    m = results["machine"]
+    print(f"# softorder benchmarks: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
+          f"{args.threads} thread(s), load average {m['loadavg_start'][0]:.2f}")
+    t0 = time.perf_counter()
+    peak = None
+    if "peak" in only or "mnist" in only or "celeba" in only:
+        results["peak"] = section_peak(cfg)
+        peak = results["peak"]["peak_flops_per_s"]
+    for s in ("mnist", "celeba"):
+        if s in only:
+            results[s] = section_setting(s, cfg, peak)
+    runners = {"omniglot": section_omniglot, "growth": section_growth, "ablations": section_ablations,
+               "overhead": section_overhead, "threads": section_threads, "environment": section_environment}
+    for s, fn in runners.items():
+        if s in only:
+            results[s] = fn(cfg)
+            torch.set_num_threads(args.threads)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["wall_s"] = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(f"\nwrote {args.out} ({results['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

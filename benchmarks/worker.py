@@ -1,0 +1,54 @@
+"""A benchmark worker process, for comparing process-wide settings (threads, OpenMP, allocator).
+
+Settings such as OMP_WAIT_POLICY or the C allocator's thresholds only take effect at process
+start, so each candidate runs in its own worker; run.py interleaves their steps over pipes.
+
+Protocol, one line per command on stdin, one JSON line per answer on stdout:
+    build <setting> <ordering>     -> {"ok": true}       (setting: mnist, celeba, omniglot10)
+    step                           -> {"s": seconds}     (one timed training step)
+    quit
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import settings  # noqa: E402
+
+
+def main() -> None:
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    torch.set_num_threads(threads)
+    work = None
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "build":
+            setting, ordering = cmd[1], cmd[2]
+            if setting == "omniglot10":
+                work = settings.omniglot_workload(False, 10)
+            else:
+                work = settings.workload(setting, ordering)
+            work.step()
+            answer = {"ok": True}
+        elif cmd[0] == "step":
+            t0 = time.perf_counter()
+            work.step()  # type: ignore[union-attr]
+            answer = {"s": time.perf_counter() - t0}
+        elif cmd[0] == "quit":
+            break
+        else:
+            answer = {"error": f"unknown command {cmd[0]}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
