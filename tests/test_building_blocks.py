@@ -31,9 +31,9 @@ def fake_uci(monkeypatch):
 
 def test_building_blocks_end_to_end_and_resume(tmp_path, fake_uci):
     exp = get_experiment("building-blocks")
-    overrides = dict(heldout_tasks=["alpha", "gamma"], trials=2, pretrain_iterations=20, heldout_iterations=10, width=8, depth=2)
+    overrides = dict(heldout_tasks=["alpha"], trials=2, pretrain_iterations=8, heldout_iterations=4, width=4, depth=2)
     summary = run_experiment(exp, tmp_path, quick=True, overrides=overrides)
-    assert summary["trials_finished"] == 4
+    assert summary["trials_finished"] == 2
     assert set(summary["mean_error"]) == {"learned-blocks", "random-blocks", "single-task"}
     assert summary["mean_error"]["learned-blocks"]["n"] == 2
     assert (tmp_path / "building_blocks.png").exists()
@@ -48,7 +48,7 @@ def test_building_blocks_end_to_end_and_resume(tmp_path, fake_uci):
 
 def test_changed_settings_refuse_to_mix(tmp_path, fake_uci):
     exp = get_experiment("building-blocks")
-    overrides = dict(heldout_tasks=["beta"], trials=1, pretrain_iterations=5, heldout_iterations=5, width=4, depth=2)
+    overrides = dict(heldout_tasks=["beta"], trials=1, pretrain_iterations=3, heldout_iterations=2, width=4, depth=2)
     run_experiment(exp, tmp_path, quick=True, overrides=overrides)
     with pytest.raises(ValueError, match="other settings \\(width\\)"):
         run_experiment(exp, tmp_path, quick=True, overrides={**overrides, "width": 6})
