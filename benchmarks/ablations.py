@@ -96,17 +96,6 @@ def conv_then_pool_first_depth() -> contextlib.AbstractContextManager:
     return _patched(layers_mod, "_TINY_CONTRACTION", 0)
 
 
-class _TorchMaxPool:
-    @staticmethod
-    def apply(y: Tensor, pool: int) -> Tensor:
-        return F.max_pool2d(y, pool)
-
-
-def torch_max_pool() -> contextlib.AbstractContextManager:
-    """torch's max_pool2d (with its int64 indices) instead of _MaxPool2d."""
-    return _patched(layers_mod, "_MaxPool2d", _TorchMaxPool)
-
-
 def wrap(step: Callable[[], None], *managers: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], None]:
     """``step`` run inside fresh instances of the given context managers."""
 

@@ -2,6 +2,9 @@
 
     python benchmarks/run.py [--quick] [--out benchmarks/results.json] [--threads 1] [--only a,b]
 
+``--quick`` (about 2 minutes) uses fewer repetitions, Omniglot with 10 tasks, and leaves out the
+environment section; the full run takes about 8-9 minutes on a loaded 2-CPU machine.
+
 Sections (``--only`` picks some): peak, mnist, celeba, omniglot, growth, ablations, overhead,
 threads, environment. Every comparison interleaves its candidates (see harness.py); times are medians, speeds
 are ratios of medians. Prints tables and writes every number to the JSON file.
@@ -224,7 +227,6 @@ def section_ablations(cfg: dict) -> dict:
     cands = {
         "all on": w.step,
         "conv2d + pooling at the first depth (no _TinyConvMaxPool)": ablations.wrap(w.step, ablations.conv_then_pool_first_depth),
-        "torch max_pool2d (no _MaxPool2d)": ablations.wrap(w.step, ablations.torch_max_pool),
         "unfused: conv2d, ReLU, max_pool2d, dropout, mix (as before)": ablations.wrap(w.step, lambda: ablations.unfused_depth(core)),
         "bernoulli_ dropout masks": ablations.wrap(w.step, ablations.bernoulli_masks),
     }
@@ -353,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller Omniglot (about 1-2 minutes)")
     ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON file for every number")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for everything but the threads section (default 1)")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
+    ap.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} "
+                    "(default: all; with --quick all but environment, which starts worker processes)")
     args = ap.parse_args(argv)
+    if args.only is None:
+        args.only = ",".join(s for s in SECTIONS if not (args.quick and s == "environment"))
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:

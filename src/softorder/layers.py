@@ -124,53 +124,8 @@ class FusedBank:
         else:
             y = F.conv2d(h, weight, bias, padding=first.kernel_size // 2)  # (N, L*C, H, W)
             if first.pool > 1:
-                y = _MaxPool2d.apply(y, first.pool)
+                y = F.max_pool2d(y, first.pool)
         return y.reshape(h.shape[0], num_layers, -1), (first.channels, *y.shape[2:])
-
-
-class _MaxPool2d(torch.autograd.Function):
-    """``max_pool2d(y, pool)`` (stride = kernel, no padding) as a running maximum of the pool * pool
-    strided views of y; its backward routes each window's gradient to the window's first maximum
-    in row-major order, exactly as ``max_pool2d``'s does, without the int64 indices (NCHW max
-    pooling on the CPU is several times slower than these elementwise maxima)."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, pool: int) -> Tensor:  # type: ignore[override]
-        hp, wp = y.shape[2] // pool, y.shape[3] // pool
-        views = [y[:, :, dy : dy + pool * hp : pool, dx : dx + pool * wp : pool] for dy in range(pool) for dx in range(pool)]
-        best = views[0].clone(memory_format=torch.contiguous_format)
-        for v in views[1:]:
-            torch.maximum(best, v, out=best)
-        ctx.save_for_backward(y, best)
-        ctx.pool = pool
-        return best
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        y, best = ctx.saved_tensors
-        pool = ctx.pool
-        hp, wp = best.shape[2], best.shape[3]
-        grad_y = torch.empty_like(y, memory_format=torch.contiguous_format)
-        if y.shape[2] != pool * hp:
-            grad_y[:, :, pool * hp :].zero_()
-        if y.shape[3] != pool * wp:
-            grad_y[:, :, :, pool * wp :].zero_()
-        offsets = [(dy, dx) for dy in range(pool) for dx in range(pool)]
-        sel, rest = torch.empty_like(best), None  # rest: 1 where no earlier offset was the maximum
-        for i, (dy, dx) in enumerate(offsets):
-            window = (slice(None), slice(None), slice(dy, dy + pool * hp, pool), slice(dx, dx + pool * wp, pool))
-            if i < len(offsets) - 1:
-                torch.eq(y[window], best, out=sel)
-                if rest is None:
-                    rest = torch.rsub(sel, 1.0)
-                else:
-                    sel.mul_(rest)
-                    rest.sub_(sel)
-                torch.mul(sel, grad, out=grad_y[window])
-            else:
-                torch.mul(rest, grad, out=grad_y[window]) if rest is not None else grad_y[window].copy_(grad)
-        return grad_y, None
 
 
 _TINY_CONTRACTION = 32  # input channels x kernel area up to which _TinyConvMaxPool replaces conv + pool

@@ -233,7 +233,8 @@ def _plot_usage(usage: Mapping[str, tuple[np.ndarray, bool]], path: Path) -> Pat
     from softorder.analysis import _pyplot, _save
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(usage), figsize=(4.6 * len(usage), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(usage), figsize=(5.0 * len(usage), 3.6), squeeze=False)
+    fig.subplots_adjust(wspace=0.38)
     for ax, (m, (mixing, identity)) in zip(axes[0], usage.items()):
         mean = mixing.mean(axis=0)  # (L[+1], depth)
         spread = mixing.std(axis=0)
