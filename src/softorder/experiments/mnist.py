@@ -134,9 +134,9 @@ class Mnist(Experiment):
             if method == "soft":  # stored in the history record itself, so it survives a resume
                 record["mixing"] = mixing_snapshot(model)
 
-        from softorder.experiments.random_tasks import _threads
+        from softorder.experiments.random_tasks import torch_threads
 
-        with _threads(config.get("threads")):
+        with torch_threads(config.get("threads")):
             history = fit(model, data, train, run_dir=trial_dir, on_eval=record_mixing)
         last = history.last
         result: dict[str, Any] = {

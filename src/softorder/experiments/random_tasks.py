@@ -141,7 +141,7 @@ class RandomTasks(Experiment):
             seed=t,
             progress=False,
         )
-        with _threads(config.get("threads")):
+        with torch_threads(config.get("threads")):
             history = fit(model, data, train, run_dir=trial_dir)
         last = history.last
         acc_by_iter = [(r["iteration"], 1.0 - r["train_error"]) for r in history.records]
@@ -216,7 +216,7 @@ def _random_data(n: int, m: int, seed: int) -> TensorTasks:
     return random_tasks(2, n, m, seed)
 
 
-class _threads:
+class torch_threads:
     """Temporarily set torch's intra-op thread count (None: leave it)."""
 
     def __init__(self, count: int | None) -> None:
@@ -224,6 +224,7 @@ class _threads:
         self.before = torch.get_num_threads()
 
     def __enter__(self) -> None:
+        self.before = torch.get_num_threads()
         if self.count:
             torch.set_num_threads(int(self.count))
 

@@ -165,7 +165,7 @@ class Visualize(Experiment):
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.data.mnist import load_mnist
         from softorder.experiments.mnist import VERIFY_DATA
-        from softorder.experiments.random_tasks import _threads
+        from softorder.experiments.random_tasks import torch_threads
 
         t = int(trial.params["trial"])
         mnist = load_mnist(data_dir, verify=VERIFY_DATA)
@@ -182,7 +182,7 @@ class Visualize(Experiment):
             seed=t,
             progress=False,
         )
-        with _threads(config.get("threads")):
+        with torch_threads(config.get("threads")):
             history = fit(model, data, train, run_dir=trial_dir)
             tasks = [int(i) - 1 for i in config["sweep_tasks"]]
             depths = [int(d) - 1 for d in config["sweep_depths"]]
