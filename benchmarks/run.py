@@ -365,6 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown sections {unknown}; choose from {SECTIONS}")
 
+    if any(s in only for s in ("mnist", "celeba", "omniglot")):
+        import baseline
+
+        try:  # the "before" candidates are read from git: fail before any work if they cannot be
+            baseline.build_model()
+        except baseline.BaselineUnavailable as error:
+            print(error, file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     cfg = config(args.quick)
     results: dict = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else argv,

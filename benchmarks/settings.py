@@ -21,13 +21,13 @@ import typical
 
 
 def _build(impl: str):
-    """build_model of the current library, or of the code before the performance work (baseline/)."""
+    """build_model of the current library, or of the code before the performance work (baseline.py)."""
     if impl == "current":
         return softorder.build_model
     if impl == "baseline":
         import baseline
 
-        return baseline.build_model
+        return baseline.build_model()
     raise ValueError(impl)
 
 

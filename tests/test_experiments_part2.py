@@ -123,7 +123,7 @@ def test_omniglot_end_to_end_and_resume(tmp_path):
     data = tmp_path / "data"
     write_fake_omniglot(data)  # Gujarati, Arcadian | Sylheti, Tibetan: the paper's first four
     out = tmp_path / "run"
-    overrides = dict(num_tasks=[1, 4], test_fractions=[0.1, 0.2], iterations=6, eval_every=3, width=8, verify_data=False)
+    overrides = dict(num_tasks=[1, 4], test_fractions=[0.1, 0.2], iterations=6, eval_every=3, width=8, downsample=5, verify_data=False)
     summary = run_experiment(get_experiment("omniglot"), out, quick=True, overrides=overrides, data_dir=data)
     assert summary["trials_finished"] == summary["trials_total"] == 3 * 4  # (1, 0.1), (4, 0.1), (4, 0.2)
     assert summary["image_side"] == 21
@@ -202,6 +202,23 @@ def test_presets_on_the_real_data(name, data_dir, tmp_path):
         warnings.simplefilter("ignore")
         summary = run_experiment(get_experiment(name), tmp_path, quick=True, overrides=overrides, data_dir=data_dir)
     assert summary["trials_finished"] == summary["trials_total"] == 1
+
+
+def test_omniglot_keras_init():
+    """init='keras': Glorot-uniform weights and zero biases; the soft-order scales stay equal."""
+    from softorder.experiments.omniglot import keras_init
+
+    specs = [TaskSpec(f"a{i}", (1, 21, 21), "multiclass", 4 + i) for i in range(2)]
+    model = build_model(specs, ordering="soft", layer="conv", width=53, depth=4, encoder="identity", seed=0)
+    keras_init(model)
+    conv = model.core.layers[0].conv
+    assert torch.count_nonzero(conv.bias) == 0
+    assert conv.weight.abs().max() <= (6 / (2 * 53 * 9)) ** 0.5 + 1e-6
+    assert conv.weight.abs().max() > 1 / (53 * 9) ** 0.5  # wider than PyTorch's default bound
+    assert torch.count_nonzero(model.core.logits) == 0
+    om = get_experiment("omniglot")
+    with pytest.raises(ValueError, match="init must be"):
+        om.trials({**om.resolve_config(True, {"init": "he"}), "experiment": "omniglot"})
 
 
 # --- trunks ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,8 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
     else:
         summary = run_experiment(experiment, out, executor=_executor(args), **common)
-    print(json.dumps({k: v for k, v in summary.items() if k != "per_trial"}, indent=2)[:4000])
-    print(f"results in {out}")
+    _print_summary(summary, out)
     failed = summary.get("trials_failed") or []
     if failed:
         print(f"softorder: {len(failed)} trial(s) failed: {', '.join(f['key'] for f in failed)}; rerun to retry them", file=sys.stderr)
@@ -140,6 +139,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 cmd_reproduce = cmd_run
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    """The run's results table when the experiment writes one, else the summary's short fields."""
+    table = out / "results_table.md"
+    if table.is_file():
+        print(table.read_text().rstrip())
+    else:
+        for key, value in summary.items():
+            if isinstance(value, (str, int, float, bool)):
+                print(f"{key}: {value}")
+        lines = list(_mean_ci_lines(summary))
+        for line in lines[:60]:
+            print(line)
+        if len(lines) > 60:
+            print(f"... {len(lines) - 60} more in summary.json")
+    figures = summary.get("figures") or []
+    if figures:
+        print("figures: " + ", ".join(str(out / f) for f in figures))
+    print(f"results in {out} (summary.json has every number)")
+
+
+def _mean_ci_lines(node: object, path: tuple[str, ...] = ()) -> Iterator[str]:
+    """``a / b / c: mean ± ci95 (n=...)`` for every mean-and-interval entry of a summary."""
+    if isinstance(node, dict):
+        if "mean" in node and "ci95" in node:
+            yield f"{' / '.join(path)}: {node['mean']:.4g} ± {node['ci95']:.2g} (n={node.get('n', '?')})"
+            return
+        for key, value in node.items():
+            yield from _mean_ci_lines(value, (*path, str(key)))
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
