@@ -205,7 +205,7 @@ def test_presets_on_the_real_data(name, data_dir, tmp_path):
 
 
 def test_omniglot_keras_init():
-    """init='keras': Glorot-uniform weights and zero biases; the soft-order scales stay equal."""
+    """init="keras": Glorot-uniform weights and zero biases, "he": He-normal convolutions; the scales stay equal."""
     from softorder.experiments.omniglot import keras_init
 
     specs = [TaskSpec(f"a{i}", (1, 21, 21), "multiclass", 4 + i) for i in range(2)]
@@ -216,9 +216,13 @@ def test_omniglot_keras_init():
     assert conv.weight.abs().max() <= (6 / (2 * 53 * 9)) ** 0.5 + 1e-6
     assert conv.weight.abs().max() > 1 / (53 * 9) ** 0.5  # wider than PyTorch's default bound
     assert torch.count_nonzero(model.core.logits) == 0
+    keras_init(model, he_conv=True)
+    std = conv.weight.std().item()
+    assert abs(std - (2 / (53 * 9)) ** 0.5) < 0.1 * std  # He-normal: variance 2 / fan_in
+    assert torch.count_nonzero(conv.bias) == 0
     om = get_experiment("omniglot")
     with pytest.raises(ValueError, match="init must be"):
-        om.trials({**om.resolve_config(True, {"init": "he"}), "experiment": "omniglot"})
+        om.trials({**om.resolve_config(True, {"init": "orthogonal"}), "experiment": "omniglot"})
 
 
 # --- trunks ---------------------------------------------------------------------------------------
