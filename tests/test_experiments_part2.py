@@ -204,19 +204,19 @@ def test_presets_on_the_real_data(name, data_dir, tmp_path):
     assert summary["trials_finished"] == summary["trials_total"] == 1
 
 
-def test_omniglot_keras_init():
+def test_omniglot_layer_starts():
     """init="keras": Glorot-uniform weights and zero biases, "he": He-normal convolutions; the scales stay equal."""
-    from softorder.experiments.omniglot import keras_init
+    from softorder.experiments.omniglot import reinit_layers
 
     specs = [TaskSpec(f"a{i}", (1, 21, 21), "multiclass", 4 + i) for i in range(2)]
     model = build_model(specs, ordering="soft", layer="conv", width=53, depth=4, encoder="identity", seed=0)
-    keras_init(model)
+    reinit_layers(model)
     conv = model.core.layers[0].conv
     assert torch.count_nonzero(conv.bias) == 0
     assert conv.weight.abs().max() <= (6 / (2 * 53 * 9)) ** 0.5 + 1e-6
     assert conv.weight.abs().max() > 1 / (53 * 9) ** 0.5  # wider than PyTorch's default bound
     assert torch.count_nonzero(model.core.logits) == 0
-    keras_init(model, he_conv=True)
+    reinit_layers(model, he_conv=True)
     std = conv.weight.std().item()
     assert abs(std - (2 / (53 * 9)) ** 0.5) < 0.1 * std  # He-normal: variance 2 / fan_in
     assert torch.count_nonzero(conv.bias) == 0
