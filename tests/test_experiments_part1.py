@@ -134,6 +134,25 @@ def test_changed_settings_are_refused_in_the_same_directory(tmp_path: Path) -> N
         run_experiment(get_experiment("random-tasks"), out, quick=True, overrides={**tiny, "lr": 0.5})
 
 
+def test_progress_reporter_prints_throttled_lines_and_always_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from softorder.experiments import runner
+
+    clock = iter([0.0, 5.0, 40.0, 41.0])
+    monkeypatch.setattr(runner.time, "monotonic", lambda: next(clock))
+    seen: list[int] = []
+    out = io.StringIO()
+    report = runner.progress_reporter("mnist", runner.Trial("tasks=2/soft/trial=0", {}), 400, out=out, also=lambda r: seen.append(r["iteration"]))
+    for it in (100, 200, 300, 400):
+        report({"iteration": it, "train_loss": 0.5, "test_error": 0.125, "elapsed_s": it * 0.02})
+    lines = out.getvalue().splitlines()
+    assert seen == [100, 200, 300, 400]  # the wrapped callback sees every record
+    assert len(lines) == 3  # 200 came 5 s after 100: skipped; the last is always printed
+    assert lines[0] == "[mnist] tasks=2/soft/trial=0: iteration 100/400, train loss 0.5, test error 12.50%, 0.02 s/it"
+    assert lines[-1].startswith("[mnist] tasks=2/soft/trial=0: iteration 400/400")
+
+
 # --- random tasks -------------------------------------------------------------------------------
 
 

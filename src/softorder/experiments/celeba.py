@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 
 PAPER_METHODS = ("parallel", "soft", "soft+landmarks", "soft+identity")
 LABELS = {
@@ -169,7 +169,7 @@ class CelebAExperiment(Experiment):
             seed=seed,
             progress=False,
         )
-        history = fit(model, data, cfg, run_dir=trial_dir)
+        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations))
         test = evaluate(model, data, "test", batch_size=config["eval_batch_size"], device=device)
         attributes = list(data.attribute_names)
         switched = next((r["iteration"] for r in history.records if "switched_optimizer" in r), None)

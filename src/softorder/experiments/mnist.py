@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 from softorder.layers import TaskDense
 from softorder.model import build_model
 from softorder.train import TrainConfig, fit, mixing_snapshot
@@ -137,7 +137,7 @@ class Mnist(Experiment):
         from softorder.experiments.random_tasks import torch_threads
 
         with torch_threads(config.get("threads")):
-            history = fit(model, data, train, run_dir=trial_dir, on_eval=record_mixing)
+            history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, also=record_mixing))
         last = history.last
         result: dict[str, Any] = {
             "num_tasks": num_tasks,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 
 METHODS = ("single", "parallel", "permuted", "soft")
 INITS = ("keras", "he", "torch")
@@ -155,7 +155,7 @@ class OmniglotExperiment(Experiment):
             seed=seed,
             progress=False,
         )
-        history = fit(model, data, cfg, run_dir=trial_dir)
+        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations))
         last = history.last
         names = data.task_names
         side = data.specs[0].input_shape[-1]

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import sys
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -92,6 +93,45 @@ class TrialFailure:
 
 # (experiment, config, pending trials, out_dir, data_dir) -> the trials that failed for good
 TrialExecutor = Callable[[Experiment, Mapping[str, Any], Sequence[Trial], Path, "Path | None"], "Sequence[TrialFailure] | None"]
+
+
+def progress_reporter(
+    experiment: str,
+    trial: Trial,
+    iterations: int,
+    *,
+    every_s: float = 30.0,
+    out: TextIO | None = None,
+    also: Callable[[dict[str, Any]], None] | None = None,
+) -> Callable[[dict[str, Any]], None]:
+    """An ``on_eval`` callback for :func:`softorder.train.fit` that prints how a trial is going.
+
+    One line per evaluation (iteration, training loss, mean error of the first evaluated split,
+    seconds per iteration so far), at most one every ``every_s`` seconds, and always the last one.
+    ``also`` is called first with the same record (e.g. to add quantities to it).
+    """
+    last_print = [-math.inf]
+
+    def report(record: dict[str, Any]) -> None:
+        if also is not None:
+            also(record)
+        iteration = int(record.get("iteration", 0))
+        now = time.monotonic()
+        if iteration < iterations and now - last_print[0] < every_s:
+            return
+        last_print[0] = now
+        parts = [f"iteration {iteration}/{iterations}"]
+        if isinstance(record.get("train_loss"), float) and not math.isnan(record["train_loss"]):
+            parts.append(f"train loss {record['train_loss']:.4g}")
+        split = next((s for s in ("test", "val", "train") if f"{s}_error" in record), None)
+        if split is not None:
+            parts.append(f"{split} error {100 * record[f'{split}_error']:.2f}%")
+        elapsed = record.get("elapsed_s")
+        if elapsed and iteration:
+            parts.append(f"{elapsed / iteration:.3g} s/it")
+        print(f"[{experiment}] {trial.key}: {', '.join(parts)}", file=out or sys.stderr, flush=True)
+
+    return report
 
 
 def describe_error(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 
 METHODS = ("single", "parallel", "permuted", "soft")
 # beyond the paper, not run by default: soft ordering with S frozen at its uniform start (every
@@ -120,7 +120,7 @@ class UciExperiment(Experiment):
             seed=seed,
             progress=False,
         )
-        history = fit(model, data, cfg, run_dir=trial_dir)
+        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations))
         names = data.task_names
         last = history.last
         return {

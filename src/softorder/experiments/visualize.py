@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 from softorder.model import MultitaskModel, build_model
 from softorder.tasks import TaskArrays, TaskSpec, TensorTasks
 from softorder.train import TrainConfig, fit
@@ -183,7 +183,7 @@ class Visualize(Experiment):
             progress=False,
         )
         with torch_threads(config.get("threads")):
-            history = fit(model, data, train, run_dir=trial_dir)
+            history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations))
             tasks = [int(i) - 1 for i in config["sweep_tasks"]]
             depths = [int(d) - 1 for d in config["sweep_depths"]]
             layer = int(config["sweep_layer"]) - 1
