@@ -130,7 +130,7 @@ def test_omniglot_end_to_end_and_resume(tmp_path):
     assert set(summary["error_by_cell"]) == {"tasks=1/test=0.1", "tasks=4/test=0.1", "tasks=4/test=0.2"}
     assert set(summary["all_tasks_table"]) == {"0.1", "0.2"}
     assert summary["all_tasks_table"]["0.2"]["soft"]["n"] == 1
-    for png in ("omniglot_by_tasks.png", "omniglot_usage_distribution.png", "omniglot_table.png"):
+    for png in ("omniglot_by_tasks.png", "omniglot_curves.png", "omniglot_usage_distribution.png", "omniglot_table.png"):
         assert (out / png).stat().st_size > 0
     result = result_of(out, "tasks=4_test=0.1_soft_trial=0")["result"]
     assert result["tasks"] == ["Gujarati", "Sylheti", "Arcadian", "Tibetan"]  # the paper's order

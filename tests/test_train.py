@@ -44,6 +44,21 @@ def test_fit_learns_and_records_history(tmp_path):
     assert (tmp_path / CHECKPOINT_NAME).exists()
 
 
+def test_eval_batches_bound_the_rows_of_all_tasks_together():
+    data = toy_tasks()  # 10 test rows in each of 3 tasks
+    batches = list(data.eval_batches("test", 7))
+    assert [sum(b.rows(n) for n in b.targets) for b in batches] == [7, 7, 7, 7, 2]
+    for name in data.task_names:  # every row once, in order
+        rows = torch.cat([b.inputs[name] for b in batches if name in b.targets])
+        assert torch.equal(rows, data.tasks[name].splits["test"][0])
+    model = small_model(data)
+    small, whole = evaluate(model, data, "test", batch_size=7), evaluate(model, data, "test", batch_size=1000)
+    for name in data.task_names:
+        assert small[name] == pytest.approx(whole[name], rel=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(data.eval_batches("test", 0))
+
+
 def test_history_as_csv(tmp_path):
     data = toy_tasks()
     fit(small_model(data), data, TrainConfig(iterations=20, eval_every=10, progress=False, history_format="csv"), run_dir=tmp_path)

@@ -110,7 +110,7 @@ def plot_usage_distribution(
     m = _as_array(mixing)
     tasks, layers, depth = m.shape
     labels = _layer_labels(layers, identity_layer)
-    fig, axes = plt.subplots(1, layers, figsize=(2.4 * layers + 0.5, 2.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, layers, figsize=(2.4 * layers + 0.5, 2.8), sharey=True, squeeze=False, layout="constrained")
     for j in range(layers):
         ax = axes[0][j]
         ax.boxplot([m[:, j, k] for k in range(depth)], tick_labels=[str(k + 1) for k in range(depth)], widths=0.6)

@@ -136,7 +136,8 @@ class MultitaskData(ABC):
 
     @abstractmethod
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
-        """All rows of ``split`` ('train', 'val' or 'test'), in order, in batches."""
+        """All rows of ``split`` ('train', 'val' or 'test'), in order, in batches of at most
+        ``batch_size`` input rows in all (so memory stays bounded however many tasks there are)."""
 
     @abstractmethod
     def split_sizes(self) -> dict[str, dict[str, int]]:
@@ -197,15 +198,26 @@ class TensorTasks(MultitaskData):
     def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        longest = max((t.splits[split][0].shape[0] for t in self.tasks.values() if split in t.splits), default=0)
-        for start in range(0, longest, batch_size):
-            inputs, targets = {}, {}
-            for name, task in self.tasks.items():
-                if split not in task.splits:
-                    continue
-                x, y = task.splits[split]
-                if start < x.shape[0]:
-                    inputs[name], targets[name] = x[start : start + batch_size], y[start : start + batch_size]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # Tasks are packed one after another: a batch holds at most one slice of each task.
+        inputs: dict[str, Tensor] = {}
+        targets: dict[str, Tensor] = {}
+        room = batch_size
+        for name, task in self.tasks.items():
+            if split not in task.splits:
+                continue
+            x, y = task.splits[split]
+            start = 0
+            while start < x.shape[0]:
+                take = min(room, x.shape[0] - start)
+                inputs[name], targets[name] = x[start : start + take], y[start : start + take]
+                start += take
+                room -= take
+                if room == 0:
+                    yield Batch(inputs, targets)
+                    inputs, targets, room = {}, {}, batch_size
+        if inputs:
             yield Batch(inputs, targets)
 
     def split_sizes(self) -> dict[str, dict[str, int]]:

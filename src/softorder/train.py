@@ -63,7 +63,7 @@ class TrainConfig:
     lr: float = 1e-3
     eval_every: int = 100  # iterations between evaluations (and checkpoints); 0: only at the end
     eval_splits: tuple[str, ...] = ("val", "test")
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 1024  # input rows per evaluation batch, all tasks together
     seed: int = 0  # batches and dropout
     second_optimizer: str | None = None  # e.g. "rmsprop": switch once validation loss stalls
     second_lr: float = 1e-5

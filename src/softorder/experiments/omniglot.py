@@ -208,6 +208,13 @@ class OmniglotExperiment(Experiment):
                 title=f"Omniglot: usage of each layer by depth over {mixing.shape[0]} tasks ({side}x{side} input; cf. Fig. 6b)",
             )
             figures.append("omniglot_usage_distribution.png")
+        curves = {
+            m: [results[trial_key(kmax, first_fraction, m, t)] for t in range(int(config["trials"])) if trial_key(kmax, first_fraction, m, t) in results]
+            for m in config["methods"]
+        }
+        if any(curves.values()):
+            _plot_curves(curves, kmax, first_fraction, side, out_dir / "omniglot_curves.png")
+            figures.append("omniglot_curves.png")
         table = {
             _frac(f): {m: cells[f"tasks={kmax}/test={_frac(f)}"].get(m) for m in config["methods"]}
             for k, f in grid
@@ -267,6 +274,32 @@ def _plot_by_tasks(by_tasks: Mapping[str, Sequence[tuple[int, Any]]], fraction: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Omniglot, {side}x{side} input: error by number of tasks (cf. Fig. 6a)", fontsize=10)
+    return _save(fig, path)
+
+
+def _plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], kmax: int, fraction: float, side: int, path: Path) -> Path:
+    """Mean test error by iteration for each method (``curves[method]``: its trials' results), with
+    the 95% CI over trials as a band where there are two or more."""
+    from softorder.analysis import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for m, runs in curves.items():
+        if not runs:
+            continue
+        length = min(len(r["iterations"]) for r in runs)
+        its = np.asarray(runs[0]["iterations"][:length])
+        stats = [mean_ci([r["mean_test_error"][i] for r in runs]) for i in range(length)]
+        y = 100 * np.array([st["mean"] for st in stats])
+        ax.plot(its, y, color=COLORS[m], marker="o", ms=3, lw=1.5, label=f"{LABELS[m]} (n={len(runs)})")
+        if len(runs) > 1:
+            ci = 100 * np.nan_to_num(np.array([st["ci95"] for st in stats]))
+            ax.fill_between(its, y - ci, y + ci, color=COLORS[m], alpha=0.2, lw=0)
+    ax.set_xlabel("iteration (one drawing of every task each)")
+    ax.set_ylabel(f"mean test error (%), {int(round(100 * fraction))}% test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Omniglot, first {kmax} alphabets, {side}x{side} input: test error by iteration", fontsize=10)
     return _save(fig, path)
 
 
