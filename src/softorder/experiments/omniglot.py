@@ -269,12 +269,16 @@ def _plot_by_tasks(by_tasks: Mapping[str, Sequence[tuple[int, Any]]], fraction: 
     ax.set_xscale("log")
     ks_all = sorted({k for series in by_tasks.values() for k, _ in series})
     ax.set_xticks(ks_all, [str(k) for k in ks_all])
-    ax.set_xlabel("number of tasks trained jointly (first k of the paper's order)")
+    _label_error_axes(ax, "number of tasks trained jointly (first k of the paper's order)", fraction, f"Omniglot, {side}x{side} input: error by number of tasks (cf. Fig. 6a)")
+    return _save(fig, path)
+
+
+def _label_error_axes(ax: Any, xlabel: str, fraction: float, title: str) -> None:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"mean test error (%), {int(round(100 * fraction))}% test")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"Omniglot, {side}x{side} input: error by number of tasks (cf. Fig. 6a)", fontsize=10)
-    return _save(fig, path)
+    ax.set_title(title, fontsize=10)
 
 
 def _plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], kmax: int, fraction: float, side: int, path: Path) -> Path:
@@ -295,11 +299,7 @@ def _plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], kmax: int, f
         if len(runs) > 1:
             ci = 100 * np.nan_to_num(np.array([st["ci95"] for st in stats]))
             ax.fill_between(its, y - ci, y + ci, color=COLORS[m], alpha=0.2, lw=0)
-    ax.set_xlabel("iteration (one drawing of every task each)")
-    ax.set_ylabel(f"mean test error (%), {int(round(100 * fraction))}% test")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"Omniglot, first {kmax} alphabets, {side}x{side} input: test error by iteration", fontsize=10)
+    _label_error_axes(ax, "iteration (one drawing of every task each)", fraction, f"Omniglot, first {kmax} alphabets, {side}x{side} input: test error by iteration")
     return _save(fig, path)
 
 
