@@ -151,6 +151,10 @@ def test_progress_reporter_prints_throttled_lines_and_always_the_last(monkeypatc
     assert len(lines) == 3  # 200 came 5 s after 100: skipped; the last is always printed
     assert lines[0] == "[mnist] tasks=2/soft/trial=0: iteration 100/400, train loss 0.5, test error 12.50%, 0.02 s/it"
     assert lines[-1].startswith("[mnist] tasks=2/soft/trial=0: iteration 400/400")
+    monkeypatch.setattr(runner.time, "monotonic", lambda: 100.0)
+    mse = io.StringIO()
+    runner.progress_reporter("visualize", runner.Trial("trial=0", {}), 10, percent=False, out=mse)({"iteration": 10, "train_error": 0.01234})
+    assert mse.getvalue() == "[visualize] trial=0: iteration 10/10, train error 0.01234\n"
 
 
 # --- random tasks -------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ def progress_reporter(
     iterations: int,
     *,
     every_s: float = 30.0,
+    percent: bool = True,
     out: TextIO | None = None,
     also: Callable[[dict[str, Any]], None] | None = None,
 ) -> Callable[[dict[str, Any]], None]:
@@ -108,6 +109,7 @@ def progress_reporter(
 
     One line per evaluation (iteration, training loss, mean error of the first evaluated split,
     seconds per iteration so far), at most one every ``every_s`` seconds, and always the last one.
+    The error is shown as a percentage with ``percent`` (classification), else as it is (MSE).
     ``also`` is called first with the same record (e.g. to add quantities to it).
     """
     last_print = [-math.inf]
@@ -125,7 +127,8 @@ def progress_reporter(
             parts.append(f"train loss {record['train_loss']:.4g}")
         split = next((s for s in ("test", "val", "train") if f"{s}_error" in record), None)
         if split is not None:
-            parts.append(f"{split} error {100 * record[f'{split}_error']:.2f}%")
+            error = record[f"{split}_error"]
+            parts.append(f"{split} error {100 * error:.2f}%" if percent else f"{split} error {error:.4g}")
         elapsed = record.get("elapsed_s")
         if elapsed and iteration:
             parts.append(f"{elapsed / iteration:.3g} s/it")

@@ -183,7 +183,7 @@ class Visualize(Experiment):
             progress=False,
         )
         with torch_threads(config.get("threads")):
-            history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations))
+            history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, percent=False))
             tasks = [int(i) - 1 for i in config["sweep_tasks"]]
             depths = [int(d) - 1 for d in config["sweep_depths"]]
             layer = int(config["sweep_layer"]) - 1
