@@ -22,7 +22,6 @@ import csv
 import dataclasses
 import difflib
 import io
-import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
