@@ -134,6 +134,28 @@ def test_changed_settings_are_refused_in_the_same_directory(tmp_path: Path) -> N
         run_experiment(get_experiment("random-tasks"), out, quick=True, overrides={**tiny, "lr": 0.5})
 
 
+def test_a_trial_running_in_another_process_is_skipped(tmp_path: Path) -> None:
+    import io
+
+    from softorder.experiments.runner import LOCK_NAME, trial_dir_of
+
+    fcntl = pytest.importorskip("fcntl")  # POSIX only, as the lock itself
+
+    exp = get_experiment("random-tasks")
+    out = tmp_path / "run"
+    tiny = {**TINY["random-tasks"], "settings": ["linear"], "trials": 1}
+    busy = exp.trials(exp.resolve_config(True, tiny))[0]
+    lock_path = trial_dir_of(out, busy) / LOCK_NAME
+    lock_path.parent.mkdir(parents=True)
+    log = io.StringIO()
+    with open(lock_path, "a") as held:  # another process is training this trial
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        summary = run_experiment(exp, out, quick=True, overrides=tiny, out=log)
+    assert f"{busy.key} is running in another process; skipped" in log.getvalue()
+    assert summary["trials_finished"] == summary["trials_total"] - 1
+    assert run_experiment(exp, out, quick=True, overrides=tiny)["trials_finished"] == summary["trials_total"]
+
+
 def test_progress_reporter_prints_throttled_lines_and_always_the_last(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 

@@ -13,6 +13,7 @@ that failed for good; they are reported in the summary and the others are summar
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import re
@@ -20,7 +21,8 @@ import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,6 +32,7 @@ import numpy as np
 from softorder._io import atomic_write_bytes, atomic_write_json
 
 RESULT_NAME = "result.json"
+LOCK_NAME = "lock"
 
 
 @dataclass(frozen=True)
@@ -163,22 +166,73 @@ def run_trials_locally(
     out = out or sys.stderr
     failures: list[TrialFailure] = []
     for i, trial in enumerate(trials, 1):
-        print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key}", file=out, flush=True)
-        for attempt in range(1, max_retries + 2):
-            try:
-                run_one_trial(experiment, config, trial, out_dir, data_dir)
-                break
-            except Exception as exc:
-                last = attempt > max_retries
-                if last and not keep_going:
-                    raise
-                error = describe_error(exc)
-                if not last:
-                    print(f"[{experiment.name}] trial {trial.key} failed (attempt {attempt}/{max_retries + 1}): {error}; retrying", file=out, flush=True)
-                    continue
-                record_failure(out_dir, trial, "".join(traceback.format_exception(exc)))
-                failures.append(TrialFailure(trial.key, error, attempt))
+        with trial_lock(trial_dir_of(out_dir, trial)) as ours:
+            if not ours:
+                print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key} is running in another process; skipped", file=out, flush=True)
+                continue
+            if (trial_dir_of(out_dir, trial) / RESULT_NAME).exists():
+                print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key} was finished by another process", file=out, flush=True)
+                continue
+            print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key}", file=out, flush=True)
+            failure = _run_with_retries(experiment, config, trial, out_dir, data_dir, out, max_retries=max_retries, keep_going=keep_going)
+        if failure is not None:
+            failures.append(failure)
     return failures
+
+
+def _run_with_retries(
+    experiment: Experiment,
+    config: Mapping[str, Any],
+    trial: Trial,
+    out_dir: Path,
+    data_dir: Path | None,
+    out: TextIO,
+    *,
+    max_retries: int,
+    keep_going: bool,
+) -> TrialFailure | None:
+    """One trial with up to ``max_retries`` retries; its failure, if it failed for good and ``keep_going``."""
+    for attempt in range(1, max_retries + 2):
+        try:
+            run_one_trial(experiment, config, trial, out_dir, data_dir)
+            return None
+        except Exception as exc:
+            last = attempt > max_retries
+            if last and not keep_going:
+                raise
+            error = describe_error(exc)
+            if not last:
+                print(f"[{experiment.name}] trial {trial.key} failed (attempt {attempt}/{max_retries + 1}): {error}; retrying", file=out, flush=True)
+                continue
+            record_failure(out_dir, trial, "".join(traceback.format_exception(exc)))
+            return TrialFailure(trial.key, error, attempt)
+    return None
+
+
+@contextmanager
+def trial_lock(trial_dir: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on a trial's directory while it runs.
+
+    Yields False, holding nothing, when another process holds it: two ``softorder reproduce`` into
+    one ``--out`` then share the trials instead of training one twice. Where ``fcntl`` is missing
+    (Windows) it always yields True.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield True
+        return
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with open(trial_dir / LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def trial_dir_of(out_dir: Path, trial: Trial) -> Path:
@@ -270,7 +324,8 @@ def run_experiment(
     done = finished_results(out_dir, trials)
     pending = [t for t in selected if t.key not in done]
     print(f"[{experiment.name}] {len(trials)} trials, {len(done)} already finished, {len(pending)} to run -> {out_dir}", file=out, flush=True)
-    failures = list((executor or run_trials_locally)(experiment, config, pending, out_dir, data_dir) or [])
+    run_trials = executor or functools.partial(run_trials_locally, out=out)
+    failures = list(run_trials(experiment, config, pending, out_dir, data_dir) or [])
     for failure in failures:
         print(f"[{experiment.name}] trial {failure.key} failed after {failure.attempts} attempt(s): {failure.error}", file=out, flush=True)
     if failures:
