@@ -180,7 +180,7 @@ class OmniglotExperiment(Experiment):
         for k, f in grid:
             cell = cells.setdefault(f"tasks={k}/test={_frac(f)}", {})
             for m in config["methods"]:
-                runs = [results[trial_key(k, f, m, t)] for t in range(int(config["trials"])) if trial_key(k, f, m, t) in results]
+                runs = _finished_runs(results, config, k, f, m)
                 if runs:
                     cell[m] = {
                         **mean_ci([r["final_mean_test_error"] for r in runs]),
@@ -208,10 +208,7 @@ class OmniglotExperiment(Experiment):
                 title=f"Omniglot: usage of each layer by depth over {mixing.shape[0]} tasks ({side}x{side} input; cf. Fig. 6b)",
             )
             figures.append("omniglot_usage_distribution.png")
-        curves = {
-            m: [results[trial_key(kmax, first_fraction, m, t)] for t in range(int(config["trials"])) if trial_key(kmax, first_fraction, m, t) in results]
-            for m in config["methods"]
-        }
+        curves = {m: _finished_runs(results, config, kmax, first_fraction, m) for m in config["methods"]}
         if any(curves.values()):
             _plot_curves(curves, kmax, first_fraction, side, out_dir / "omniglot_curves.png")
             figures.append("omniglot_curves.png")
@@ -232,6 +229,12 @@ class OmniglotExperiment(Experiment):
             "paper_table": {m: {f: {"mean": v[0], "std": v[1]} for f, v in row.items()} for m, row in PAPER_TABLE.items()},
             "figures": figures,
         }
+
+
+def _finished_runs(results: Mapping[str, dict[str, Any]], config: Mapping[str, Any], k: int, fraction: float, method: str) -> list[dict[str, Any]]:
+    """The finished trials' results of one (number of tasks, test fraction, method) cell, by trial."""
+    keys = (trial_key(k, fraction, method, t) for t in range(int(config["trials"])))
+    return [results[key] for key in keys if key in results]
 
 
 def reinit_layers(model: torch.nn.Module, he_conv: bool = False) -> None:

@@ -115,16 +115,17 @@ def progress_reporter(
     The error is shown as a percentage with ``percent`` (classification), else as it is (MSE).
     ``also`` is called first with the same record (e.g. to add quantities to it).
     """
-    last_print = [-math.inf]
+    last_print = -math.inf
 
     def report(record: dict[str, Any]) -> None:
+        nonlocal last_print
         if also is not None:
             also(record)
         iteration = int(record.get("iteration", 0))
         now = time.monotonic()
-        if iteration < iterations and now - last_print[0] < every_s:
+        if iteration < iterations and now - last_print < every_s:
             return
-        last_print[0] = now
+        last_print = now
         parts = [f"iteration {iteration}/{iterations}"]
         if isinstance(record.get("train_loss"), float) and not math.isnan(record["train_loss"]):
             parts.append(f"train loss {record['train_loss']:.4g}")
@@ -166,11 +167,12 @@ def run_trials_locally(
     out = out or sys.stderr
     failures: list[TrialFailure] = []
     for i, trial in enumerate(trials, 1):
-        with trial_lock(trial_dir_of(out_dir, trial)) as ours:
+        trial_dir = trial_dir_of(out_dir, trial)
+        with trial_lock(trial_dir) as ours:
             if not ours:
                 print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key} is running in another process; skipped", file=out, flush=True)
                 continue
-            if (trial_dir_of(out_dir, trial) / RESULT_NAME).exists():
+            if (trial_dir / RESULT_NAME).exists():
                 print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key} was finished by another process", file=out, flush=True)
                 continue
             print(f"[{experiment.name}] trial {i}/{len(trials)}: {trial.key}", file=out, flush=True)
