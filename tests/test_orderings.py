@@ -325,6 +325,33 @@ def test_keep_mask_is_dropout_distribution(p):
     assert keep_mask((0, 3), p).shape == (0, 3) and keep_mask((7,), p).shape == (7,)
 
 
+@pytest.mark.parametrize("p, bits", [(0.5, 1), (0.25, 2), (0.75, 2), (0.3125, 4), (1 - 3 / 256, 8)])
+def test_keep_mask_gives_every_entry_its_own_random_bits(p, bits):
+    """Entry i is kept when bits [i * b, (i + 1) * b) of the random stream, read as an integer, are
+    below 2**b (1 - p): checked against plain bit arithmetic on the same draws."""
+    shape = (3, 37, 11)  # not a multiple of the entries per byte
+    numel = 3 * 37 * 11
+    torch.manual_seed(5)
+    mask = keep_mask(shape, p)
+    per_byte = 8 // bits
+    num_bytes = -(-numel // per_byte)
+    torch.manual_seed(5)
+    words = torch.randint(-(2**31), 2**31, (-(-num_bytes // 4),), dtype=torch.int32)
+    random_bytes = words.view(torch.uint8)[:num_bytes].long()
+    groups = (random_bytes.unsqueeze(1) >> torch.arange(0, 8, bits)) & (2**bits - 1)  # (bytes, per_byte)
+    expected = (groups.flatten()[:numel] < round((1 - p) * 2**bits)).float().view(shape)
+    assert torch.equal(mask, expected)
+
+
+def test_keep_mask_entries_are_independent():
+    """Adjacent entries (which may share a random byte) are jointly distributed as independent draws."""
+    torch.manual_seed(6)
+    for p in (0.5, 0.25):
+        m = keep_mask((200_000, 2), p)
+        both = float((m[:, 0] * m[:, 1]).mean())
+        assert abs(both - (1 - p) ** 2) < 0.005, (p, both)
+
+
 def test_relu_dropout_mix_gradcheck():
     torch.manual_seed(12)
     pre = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)  # (R, L, F)

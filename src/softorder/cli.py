@@ -246,7 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from softorder.runtime import tune_cpu_allocator
+
     args = build_parser().parse_args(argv)
+    tune_cpu_allocator()  # keeps a training step's freed memory mapped (docs/performance.md)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
