@@ -26,7 +26,7 @@ def main() -> None:
     r = json.loads(path.read_text())
     m = r["machine"]
     out = [f"Command: `{r['command']}`; wall time {r['wall_s']:.0f} s; {m['cpu']}, {m['logical_cpus']} logical CPUs, "
-           f"torch {m['torch']}, {m['threads']} thread(s); load average {m['loadavg_start'][0]:.1f} at the start, "
+           f"torch {m['torch']}, {m['threads']} thread(s), allocator {'tuned' if r.get('allocator_tuned') else 'default'}; load average {m['loadavg_start'][0]:.1f} at the start, "
            f"{m['loadavg_end'][0]:.1f} at the end."]
     if "peak" in r:
         out.append("\n**Matrix-multiply peak** (square float32 torch.mm, best of 10):\n")
@@ -72,11 +72,11 @@ def main() -> None:
         out.append(md(["setting", "1 thread ms", "2 threads ms", "2 / 1"],
                       [[s, d["median_ms"]["1 thread"], d["median_ms"]["2 threads"], d["two_over_one"]["ratio"]] for s, d in r["threads"].items()]))
     if "environment" in r:
-        d = {k: v for k, v in r["environment"].items() if k != "allocator_env"}
+        d = {k: v for k, v in r["environment"].items() if k != "candidates"}
         names = list(next(iter(d.values())))
         out.append("\n**Process settings, one worker process each, steps interleaved** (ms; ratio to 1 thread)\n")
         out.append(md(["workload"] + names, [[w] + [f"{v[n]['median_ms']:.0f} ({v[n]['over_1_thread']['ratio']:.2f})" for n in names] for w, v in d.items()]))
-        out.append(f"\nallocator settings: `{' '.join(f'{k}={v}' for k, v in r['environment']['allocator_env'].items())}`")
+        out.append("\n\"default allocator\": `SOFTORDER_TUNE_ALLOCATOR=0`; every other worker tunes it as the `softorder` command does.")
     print("\n".join(out))
 
 

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 import ablations  # noqa: E402
 import harness  # noqa: E402
 import settings  # noqa: E402
+from softorder.runtime import tune_cpu_allocator  # noqa: E402
 
 SECTIONS = ("peak", "mnist", "celeba", "omniglot", "growth", "ablations", "overhead", "threads", "environment")
 
@@ -294,25 +295,24 @@ def section_threads(cfg: dict) -> dict:
     return out
 
 
-ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 25), "THP_MEM_ALLOC_ENABLE": "1"}
-
-
 def section_environment(cfg: dict) -> dict:
-    """Process-wide settings, each candidate a worker process (worker.py), steps interleaved. (Two
-    threads with the default OpenMP waiting is in the threads section: on a loaded machine it is
-    too slow to repeat here.)"""
+    """Process-wide settings, each candidate a worker process (worker.py), steps interleaved: the C
+    allocator as the ``softorder`` command tunes it (softorder.runtime) or glibc's default, and one
+    or two intra-op threads with OpenMP's default or passive waiting."""
     import subprocess
 
+    untuned = {"SOFTORDER_TUNE_ALLOCATOR": "0"}
     candidates = {
         "1 thread": (1, {}),
+        "1 thread, default allocator": (1, untuned),
+        "2 threads": (2, {}),
         "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
-        "1 thread, allocator settings": (1, ALLOCATOR_ENV),
     }
     out = {}
     for setting, ordering in (("mnist", "soft"), ("celeba", "soft"), ("celeba", "loop"), ("omniglot10", "soft")):
         procs = {}
         for name, (threads, extra) in candidates.items():
-            env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+            env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
             env.update(extra)
             procs[name] = subprocess.Popen([sys.executable, str(HERE / "worker.py"), str(threads)], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, text=True, env=env)
@@ -343,7 +343,7 @@ def section_environment(cfg: dict) -> dict:
         rows = [[n, ms(v), harness.ratio(times, n, base)["ratio"]] for n, v in times.items()]
         table(f"{setting} {ordering}: process settings (one worker process each)", ["setting", "median ms", f"/ {base}"], rows)
         out[f"{setting}/{ordering}"] = {n: {"median_ms": ms(v), "over_1_thread": harness.ratio(times, n, base)} for n, v in times.items()}
-    out["allocator_env"] = ALLOCATOR_ENV
+    out["candidates"] = {n: {"threads": t, "env": e} for n, (t, e) in candidates.items()}
     return out
 
 
@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller Omniglot (about 1-2 minutes)")
     ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON file for every number")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads for everything but the threads section (default 1)")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (by default it is tuned as the softorder command tunes it)")
     ap.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} "
                     "(default: all; with --quick all but environment, which starts worker processes)")
     args = ap.parse_args(argv)
@@ -374,12 +376,15 @@ def main(argv: list[str] | None = None) -> int:
             print(error, file=sys.stderr)
             return 2
     torch.set_num_threads(args.threads)
+    allocator_tuned = False if args.default_allocator else tune_cpu_allocator()
     cfg = config(args.quick)
     results: dict = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else argv,
-                     "quick": args.quick, "config": cfg, "machine": machine_info(args.threads)}
+                     "quick": args.quick, "config": cfg, "machine": machine_info(args.threads),
+                     "allocator_tuned": allocator_tuned}
     m = results["machine"]
     print(f"# softorder benchmarks: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
-          f"{args.threads} thread(s), load average {m['loadavg_start'][0]:.2f}")
+          f"{args.threads} thread(s), allocator {'tuned' if allocator_tuned else 'default'}, "
+          f"load average {m['loadavg_start'][0]:.2f}")
     t0 = time.perf_counter()
     peak = None
     if "peak" in only or "mnist" in only or "celeba" in only:

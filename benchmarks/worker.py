@@ -1,7 +1,8 @@
 """A benchmark worker process, for comparing process-wide settings (threads, OpenMP, allocator).
 
-Settings such as OMP_WAIT_POLICY or the C allocator's thresholds only take effect at process
-start, so each candidate runs in its own worker; run.py interleaves their steps over pipes.
+Settings such as OMP_WAIT_POLICY only take effect at process start, so each candidate runs in its
+own worker; run.py interleaves their steps over pipes. A worker tunes the C allocator as the
+``softorder`` command does unless its environment has SOFTORDER_TUNE_ALLOCATOR=0.
 
 Protocol, one line per command on stdin, one JSON line per answer on stdout:
     build <setting> <ordering>     -> {"ok": true}       (setting: mnist, celeba, omniglot10)
@@ -21,11 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import settings  # noqa: E402
+from softorder.runtime import tune_cpu_allocator  # noqa: E402
 
 
 def main() -> None:
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     torch.set_num_threads(threads)
+    tune_cpu_allocator()
     work = None
     for line in sys.stdin:
         cmd = line.split()
