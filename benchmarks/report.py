@@ -44,6 +44,8 @@ def main() -> None:
                       [[k, v["ratio"], v["median_round_ratio"]] for k, v in d["ratios"].items()]))
         out.append("")
         out.append(md(["soft ordering FLOP/s as a fraction of the mm peak", "value"], [[k, v] for k, v in d["fraction_of_peak"].items()]))
+        if "best_peak_flops_per_s" in d:
+            out.append(f"\nbest peak: {d['best_peak_flops_per_s'] / 1e9:.1f} GFLOP/s (the peak section's, or the interleaved 1024 mm's if higher)")
     if "omniglot" in r:
         d = r["omniglot"]
         out.append(f"\n**Omniglot, {d['tasks']} tasks, 105x105: one training step** (median of {r['config']['omniglot_reps']})\n")

@@ -122,9 +122,10 @@ def section_setting(setting: str, cfg: dict, peak: float) -> dict:
 
     soft_fps = [flops["soft"] / t for t in times["soft"]]
     mm_fps = [mm_flops / t for t in times["mm1024"]]
+    best_peak = max(peak, max(mm_fps))  # the peak section's best, or the interleaved mm's if higher
     frac = {
-        "median_step_vs_best_peak": harness.median(soft_fps) / peak,
-        "best_step_vs_best_peak": max(soft_fps) / max(peak, max(mm_fps)),
+        "median_step_vs_best_peak": harness.median(soft_fps) / best_peak,
+        "best_step_vs_best_peak": max(soft_fps) / best_peak,
         "median_round_vs_interleaved_mm": harness.median([s / m for s, m in zip(soft_fps, mm_fps)]),
     }
     ratios = {
@@ -140,7 +141,7 @@ def section_setting(setting: str, cfg: dict, peak: float) -> dict:
     table(f"{setting}: soft ordering's FLOP/s as a fraction of the matrix-multiply peak", ["measure", "fraction"],
           [[k, v] for k, v in frac.items()])
     return {"median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "flops": flops,
-            "ratios": ratios, "fraction_of_peak": frac}
+            "ratios": ratios, "fraction_of_peak": frac, "best_peak_flops_per_s": best_peak}
 
 
 def section_omniglot(cfg: dict) -> dict:
@@ -200,12 +201,14 @@ def section_ablations(cfg: dict) -> dict:
     plans = {
         "mnist": {
             "bernoulli_ dropout masks": [ablations.bernoulli_masks],
+            "a random byte per mask entry (as before)": [ablations.byte_masks],
             "unfused ReLU/dropout/mix (mul-sum mix)": ["unfused"],
             "unfused, bmm mix (as before)": ["unfused", ablations.bmm_mixing],
             "TaskDense gathers weights": [ablations.gathered_task_weights],
         },
         "celeba": {
             "bernoulli_ dropout masks": [ablations.bernoulli_masks],
+            "a random byte per mask entry (as before)": [ablations.byte_masks],
             "unfused ReLU/dropout/mix (mul-sum mix)": ["unfused"],
             "unfused, bmm mix (as before)": ["unfused", ablations.bmm_mixing],
             "rows copied per task (no forward_shared)": [ablations.repeated_rows],
@@ -230,6 +233,7 @@ def section_ablations(cfg: dict) -> dict:
         "conv2d + pooling at the first depth (no _TinyConvMaxPool)": ablations.wrap(w.step, ablations.conv_then_pool_first_depth),
         "unfused: conv2d, ReLU, max_pool2d, dropout, mix (as before)": ablations.wrap(w.step, lambda: ablations.unfused_depth(core)),
         "bernoulli_ dropout masks": ablations.wrap(w.step, ablations.bernoulli_masks),
+        "a random byte per mask entry (as before)": ablations.wrap(w.step, ablations.byte_masks),
     }
     times = harness.interleaved(cands, max(2, cfg["ablation_reps"] // 2), warmup=1)
     rows = [[k, ms(times[k]), harness.ratio(times, k, "all on")["ratio"]] for k in cands]
