@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from softorder import runtime
 
@@ -63,3 +64,19 @@ def test_user_settings_and_switch_are_respected(monkeypatch):
 def test_negative_thresholds_are_refused():
     with pytest.raises(ValueError, match="non-negative"):
         runtime.tune_cpu_allocator(mmap_threshold=-1)
+
+
+def test_threads_option_sets_torch_threads_and_rejects_bad_counts(tmp_path, capsys):
+    from softorder.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "data", "--data-dir", str(tmp_path)]) in (0, 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--threads", bad, "data", "--data-dir", str(tmp_path)])
+        assert exc.value.code == 2
+        assert "--threads" in capsys.readouterr().err

@@ -181,8 +181,24 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trial", action="append", metavar="KEY", help="run only this trial (repeatable; default: all)")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softorder", description="Deep multitask learning with soft layer ordering.")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch intra-op threads (default: PyTorch's, one per core); 1 is faster on a busy shared machine "
+        "(docs/performance.md). Experiment trials use their preset's threads setting (--set threads=N) where it is set",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train soft and parallel ordering on scikit-learn's bundled tasks (about a minute)")
@@ -250,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     tune_cpu_allocator()  # keeps a training step's freed memory mapped (docs/performance.md)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
