@@ -38,22 +38,15 @@ def bernoulli_masks() -> contextlib.AbstractContextManager:
     return _patched(orderings_mod, "keep_mask", _bernoulli_mask)
 
 
-def _byte_mask(shape, p, *, device=None, dtype=None) -> Tensor:
-    keep = 1.0 - p
-    if keep * 256 != int(keep * 256):
-        return _bernoulli_mask(shape, p, device=device, dtype=dtype)
-    numel = 1
-    for s in shape:
-        numel *= int(s)
-    words = torch.randint(-(2**31), 2**31, (-(-numel // 4),), dtype=torch.int32, device=device)
-    out = torch.empty(tuple(shape), device=device, dtype=dtype or torch.get_default_dtype())
-    return torch.lt(words.view(torch.uint8)[:numel].view(out.shape), int(keep * 256), out=out)
+def _bytes_only(keep: float) -> int | None:
+    scaled = keep * 256
+    return 8 if 0.0 < scaled < 256 and scaled == int(scaled) else None
 
 
 def byte_masks() -> contextlib.AbstractContextManager:
     """One random byte per mask entry for any 1 - p that is a multiple of 1/256 (the masks before
     the bit table: p = 0.5 reads 8 bits per entry instead of 1)."""
-    return _patched(orderings_mod, "keep_mask", _byte_mask)
+    return _patched(orderings_mod, "_bits_per_entry", _bytes_only)
 
 
 def _bmm_mix(outs: Tensor, w: Tensor) -> Tensor:
