@@ -103,8 +103,8 @@ def plain_dropout() -> contextlib.AbstractContextManager:
 
 
 def conv_then_pool_first_depth() -> contextlib.AbstractContextManager:
-    """No _TinyConvMaxPool: a 1-channel input goes through conv2d (its weights' first channel) and pooling."""
-    return _patched(layers_mod, "_TINY_CONTRACTION", 0)
+    """No narrow_conv_max_pool: a 1-channel input goes through conv2d (its weights' first channel) and pooling."""
+    return _patched(layers_mod, "NARROW_CONTRACTION", 0)
 
 
 def wrap(step: Callable[[], None], *managers: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], None]:

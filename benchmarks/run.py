@@ -30,7 +30,7 @@ import harness  # noqa: E402
 import settings  # noqa: E402
 from softorder.runtime import tune_cpu_allocator  # noqa: E402
 
-SECTIONS = ("peak", "mnist", "celeba", "omniglot", "growth", "ablations", "overhead", "threads", "environment")
+SECTIONS = ("peak", "mnist", "celeba", "omniglot", "omniglot50", "growth", "ablations", "overhead", "threads", "environment")
 
 
 # --- configuration ------------------------------------------------------------------------------
@@ -38,9 +38,9 @@ SECTIONS = ("peak", "mnist", "celeba", "omniglot", "growth", "ablations", "overh
 
 def config(quick: bool) -> dict:
     if quick:
-        return dict(reps=5, omniglot_tasks=10, omniglot_reps=2, growth_tasks=[1, 4, 16, 64], growth_depths=[2, 4, 8],
+        return dict(reps=5, omniglot_tasks=10, omniglot_reps=2, omniglot50_tasks=10, omniglot50_reps=2, growth_tasks=[1, 4, 16, 64], growth_depths=[2, 4, 8],
                     growth_depth_tasks=16, growth_reps=3, ablation_reps=5, thread_reps=3, overhead_reps=5, env_reps=3)
-    return dict(reps=11, omniglot_tasks=50, omniglot_reps=3, growth_tasks=[1, 2, 4, 8, 16, 32, 64],
+    return dict(reps=11, omniglot_tasks=50, omniglot_reps=3, omniglot50_tasks=50, omniglot50_reps=5, growth_tasks=[1, 2, 4, 8, 16, 32, 64],
                 growth_depths=[2, 3, 4, 5, 6, 7, 8], growth_depth_tasks=16, growth_reps=5, ablation_reps=9,
                 thread_reps=5, overhead_reps=9, env_reps=7)
 
@@ -166,6 +166,75 @@ def section_omniglot(cfg: dict) -> dict:
     return {"tasks": tasks, "median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "flops": flops, "ratios": ratios}
 
 
+OMNIGLOT_IMAGES = 32_460  # 1,623 characters x 20 drawings, all 50 alphabets
+FULL_PRESET_ITERATIONS = 5_000  # Fig. 6c: one drawing per alphabet per step
+FULL_PRESET_EVALUATIONS = 5  # the preset evaluates the test split every 1,000 iterations
+
+
+def _with_threads(fn, threads: int):
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def _eval_seconds(model, num_tasks: int, per_task: int = 5) -> float:
+    """Median seconds of one evaluation forward (no gradient) over per_task images of every task."""
+    specs = settings.omniglot_specs(num_tasks)
+    batch = {s.name: torch.rand(per_task, 1, 105, 105) for s in specs}
+    model.eval()
+    with torch.no_grad():
+        times = harness.interleaved({"eval": lambda: model(batch)}, 3, warmup=1)["eval"]
+    model.train()
+    return harness.median(times) / (per_task * num_tasks)
+
+
+def section_omniglot50(cfg: dict) -> dict:
+    """Every ordering's training step at the paper's Omniglot setting (50 alphabets, 105x105, one
+    image per task, dropout 0.5): now, at commit CONV_COMMIT (before the convolution work), and the
+    plain fast PyTorch network for parallel ordering; the projected time of the full preset; and the
+    MNIST and CelebA soft steps against the same commit (no regression)."""
+    import baseline
+
+    tasks, reps = cfg["omniglot50_tasks"], cfg["omniglot50_reps"]
+    orderings = ("soft", "parallel", "permuted", "single")
+    work = {f"{o} now": settings.omniglot_ordering_workload(o, tasks) for o in orderings}
+    work |= {f"{o} {baseline.CONV_COMMIT}": settings.omniglot_ordering_workload(o, tasks, impl="before-conv") for o in orderings}
+    work["plain PyTorch (parallel's network)"] = settings.plain_omniglot_workload(tasks)
+    cands = {k: w.step for k, w in work.items()}
+    cands |= {f"{o} now, 2 threads": _with_threads(work[f"{o} now"].step, 2) for o in orderings}
+    times = harness.interleaved(cands, reps, warmup=1)
+    table(f"omniglot, {tasks} tasks, 105x105: one training step (1 thread unless named)", ["candidate", "median ms"],
+          [[k, ms(v)] for k, v in times.items()])
+    ratios = {f"{o}: {baseline.CONV_COMMIT} / now": harness.ratio(times, f"{o} {baseline.CONV_COMMIT}", f"{o} now") for o in orderings}
+    ratios["parallel now / plain PyTorch"] = harness.ratio(times, "parallel now", "plain PyTorch (parallel's network)")
+    table("omniglot: ratios", ["ratio", "value", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
+    projection = {}
+    for o in orderings:
+        per_image = _eval_seconds(work[f"{o} now"].model, tasks)
+        for fraction in (0.1, 0.2):
+            evaluate = FULL_PRESET_EVALUATIONS * round(fraction * OMNIGLOT_IMAGES) * per_image
+            for threads, key in ((1, f"{o} now"), (2, f"{o} now, 2 threads")):
+                train = FULL_PRESET_ITERATIONS * harness.median(times[key])
+                projection[f"{o}/test={fraction:g}/threads={threads}"] = {"train_h": train / 3600, "eval_h": evaluate / 3600,
+                                                                          "total_h": (train + evaluate) / 3600}
+    table(f"projected time of one trial of the full preset ({tasks} alphabets, {FULL_PRESET_ITERATIONS} iterations; "
+          "evaluation at 1 thread)", ["method / test fraction / threads", "train h", "eval h", "total h"],
+          [[k, v["train_h"], v["eval_h"], v["total_h"]] for k, v in projection.items()])
+    regress = {f"{s} soft now": settings.workload(s, "soft").step for s in ("mnist", "celeba")}
+    regress |= {f"{s} soft {baseline.CONV_COMMIT}": settings.workload(s, "soft", impl="before-conv").step for s in ("mnist", "celeba")}
+    rtimes = harness.interleaved(regress, cfg["reps"], warmup=1)
+    regression = {s: harness.ratio(rtimes, f"{s} soft now", f"{s} soft {baseline.CONV_COMMIT}") for s in ("mnist", "celeba")}
+    table(f"no regression: soft step now / at {baseline.CONV_COMMIT}", ["setting", "now ms", "before ms", "now / before"],
+          [[s, ms(rtimes[f"{s} soft now"]), ms(rtimes[f"{s} soft {baseline.CONV_COMMIT}"]), regression[s]["ratio"]] for s in regression])
+    return {"tasks": tasks, "median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "ratios": ratios,
+            "projection": projection, "regression_median_ms": {k: ms(v) for k, v in rtimes.items()}, "regression": regression}
+
+
 def _growth_point(num_tasks: int, depth: int) -> settings.Workload:
     return settings.workload("mnist", "soft", num_tasks=num_tasks, depth=depth)
 
@@ -230,7 +299,7 @@ def section_ablations(cfg: dict) -> dict:
     core = w.model.core
     cands = {
         "all on": w.step,
-        "conv2d + pooling at the first depth (no _TinyConvMaxPool)": ablations.wrap(w.step, ablations.conv_then_pool_first_depth),
+        "conv2d + pooling at the first depth (no narrow_conv_max_pool)": ablations.wrap(w.step, ablations.conv_then_pool_first_depth),
         "unfused: conv2d, ReLU, max_pool2d, dropout, mix (as before)": ablations.wrap(w.step, lambda: ablations.unfused_depth(core)),
         "bernoulli_ dropout masks": ablations.wrap(w.step, ablations.bernoulli_masks),
         "a random byte per mask entry (as before)": ablations.wrap(w.step, ablations.byte_masks),
@@ -371,11 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown sections {unknown}; choose from {SECTIONS}")
 
-    if any(s in only for s in ("mnist", "celeba", "omniglot")):
+    if any(s in only for s in ("mnist", "celeba", "omniglot", "omniglot50")):
         import baseline
 
         try:  # the "before" candidates are read from git: fail before any work if they cannot be
             baseline.build_model()
+            baseline.build_model(baseline.CONV_COMMIT)
         except baseline.BaselineUnavailable as error:
             print(error, file=sys.stderr)
             return 2
@@ -397,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in ("mnist", "celeba"):
         if s in only:
             results[s] = section_setting(s, cfg, peak)
-    runners = {"omniglot": section_omniglot, "growth": section_growth, "ablations": section_ablations,
+    runners = {"omniglot": section_omniglot, "omniglot50": section_omniglot50, "growth": section_growth, "ablations": section_ablations,
                "overhead": section_overhead, "threads": section_threads, "environment": section_environment}
     for s, fn in runners.items():
         if s in only:

@@ -21,13 +21,16 @@ import typical
 
 
 def _build(impl: str):
-    """build_model of the current library, or of the code before the performance work (baseline.py)."""
+    """build_model of the current library ("current"), of the code before the performance work
+    ("baseline"), or before the convolution work ("before-conv"); see baseline.py."""
     if impl == "current":
         return softorder.build_model
-    if impl == "baseline":
-        import baseline
+    import baseline
 
+    if impl == "baseline":
         return baseline.build_model()
+    if impl == "before-conv":
+        return baseline.build_model(baseline.CONV_COMMIT)
     raise ValueError(impl)
 
 
@@ -115,9 +118,48 @@ def omniglot_batch(specs: list[TaskSpec], seed: int = 0):
     return inputs, targets
 
 
-def omniglot_model(num_tasks: int = 50, dropout: float = 0.5, impl: str = "current") -> MultitaskModel:
+def omniglot_model(num_tasks: int = 50, dropout: float = 0.5, impl: str = "current", ordering: str = "soft") -> MultitaskModel:
     """4 ConvPool(53) layers (3x3, ReLU, 2x2 max-pool), identity encoders, dense softmax decoders."""
-    return _build(impl)(omniglot_specs(num_tasks), ordering="soft", layer="conv", width=53, depth=4, encoder="identity", dropout=dropout, seed=0)
+    return _build(impl)(omniglot_specs(num_tasks), ordering=ordering, layer="conv", width=53, depth=4, encoder="identity", dropout=dropout, seed=0)
+
+
+class PlainOmniglotNet(nn.Module):
+    """Parallel ordering's network for Omniglot as plain, fast PyTorch: one trunk of four
+    conv-ReLU-pool layers whose first convolution reads the 1-channel image (the zero channels of
+    the paper's padding skipped), channels-last throughout, no dropout, one dense decoder per task.
+    ``forward`` takes every task's images stacked, (T * n, 1, 105, 105), task-major."""
+
+    def __init__(self, specs: list[TaskSpec], width: int = 53, depth: int = 4) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for k in range(depth):
+            layers += [nn.Conv2d(1 if k == 0 else width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        self.trunk = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        side = 105 // 2**depth
+        self.names = [s.name for s in specs]
+        self.decoders = nn.ModuleList(nn.Linear(width * side * side, s.num_outputs) for s in specs)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        h = self.trunk(images.contiguous(memory_format=torch.channels_last)).flatten(1)
+        rows = h.view(len(self.names), -1, h.shape[1])
+        return {n: dec(r) for n, dec, r in zip(self.names, self.decoders, rows)}
+
+
+def plain_omniglot_workload(num_tasks: int = 50) -> Workload:
+    specs = omniglot_specs(num_tasks)
+    inputs, targets = omniglot_batch(specs)
+    torch.manual_seed(0)
+    model = PlainOmniglotNet(specs)
+    return Workload("omniglot/plain", model, torch.cat([inputs[s.name] for s in specs]), targets, {s.name: s for s in specs})
+
+
+def omniglot_ordering_workload(ordering: str, num_tasks: int = 50, impl: str = "current") -> Workload:
+    """One Omniglot training step of an ordering: one 105x105 image per task, dropout 0.5."""
+    specs = omniglot_specs(num_tasks)
+    inputs, targets = omniglot_batch(specs)
+    model = omniglot_model(num_tasks, impl=impl, ordering=ordering)
+    suffix = "" if impl == "current" else f"/{impl}"
+    return Workload(f"omniglot/{ordering}{suffix}", model, inputs, targets, {s.name: s for s in specs})
 
 
 def omniglot_forward(model: MultitaskModel, inputs: dict[str, Tensor], padded: bool) -> Callable[[], dict[str, Tensor]]:

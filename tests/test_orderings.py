@@ -205,7 +205,7 @@ def test_layer_changing_channels_is_named():
 # --- the fast paths (docs/performance.md) against the reference, in training mode ---------------
 
 from softorder import orderings as orderings_mod  # noqa: E402
-from softorder.layers import _TinyConvMaxPool  # noqa: E402
+from softorder._conv_kernels import narrow_conv_max_pool  # noqa: E402
 from softorder.orderings import _ReluDropoutMix, keep_mask  # noqa: E402
 
 
@@ -223,15 +223,20 @@ def recording_masks(monkeypatch):
     return drawn
 
 
-def reference_masks(drawn, task, num_layers, p, out_shapes):
-    """The soft core's masks (one per depth, (G, R, L, F)) as the reference loop's per (t, k, j)."""
+def reference_masks(drawn, task, num_layers, p, out_shapes, channels_last):
+    """The soft core's masks (one per depth, (G, R, S, L, C)) as the reference loop's per (t, k, j):
+    channels last at S = H' * W' positions for fused conv banks, else all features at S = 1."""
     masks = {}
     for k, m in enumerate(drawn):
-        m = m.reshape(-1, num_layers, m.shape[-1])  # (N, L, F), rows in h's order
+        m = m.reshape(-1, *m.shape[2:])  # (N, S, L, C), rows in h's order
         for t in task.unique().tolist():
             rows = (task == t).nonzero().flatten()
             for j in range(num_layers):
-                masks[(t, k, j)] = m[rows, j].reshape(len(rows), *out_shapes[k]) / (1 - p)
+                layer = m[rows, :, j]  # (n, S, C)
+                if channels_last and len(out_shapes[k]) == 3:
+                    c, height, width = out_shapes[k]
+                    layer = layer.reshape(len(rows), height, width, c).permute(0, 3, 1, 2)
+                masks[(t, k, j)] = layer.reshape(len(rows), *out_shapes[k]) / (1 - p)
     return masks
 
 
@@ -254,7 +259,7 @@ def test_soft_training_step_equals_loop(monkeypatch, kind, identity_layer, p):
         layers, shape, width, outs = [UserLayer(10) for _ in range(3)], (10,), None, [(10,)] * 3
     elif kind == "conv":
         layers, shape, width, outs = [ConvPool(4, pool=1) for _ in range(3)], (4, 6, 6), None, [(4, 6, 6)] * 3
-    else:  # 1-channel images read as zero-padded: the _TinyConvMaxPool first depth
+    else:  # 1-channel images read as zero-padded: the narrow_conv_max_pool first depth
         layers, shape, width, outs = [ConvPool(5) for _ in range(3)], (1, 13, 12), 5, [(5, 6, 6), (5, 3, 3), (5, 1, 1)]
         identity_layer = False  # pooling layers change the row shape
     core = random_logits(SoftOrdering(layers, 4, identity_layer=identity_layer, dropout=p))
@@ -265,10 +270,11 @@ def test_soft_training_step_equals_loop(monkeypatch, kind, identity_layer, p):
     params = [h, core.logits] + [q for l in layers for q in l.parameters()]
     fast_grads = grads_of(params, lambda: (core(h, task) * weight).sum())
     fast = core(h, task)  # draws new masks: compare the forward with these
-    masks = reference_masks(drawn[len(drawn) // 2 :], task, len(layers), p, outs)
+    fused = kind != "user"
+    masks = reference_masks(drawn[len(drawn) // 2 :], task, len(layers), p, outs, fused)
     ref = soft_ordering_loop(layers, core.mixing(), h, task, identity_layer=identity_layer, width=width, dropout_masks=masks)
     torch.testing.assert_close(fast, ref, **TOL)
-    first = reference_masks(drawn[: len(drawn) // 2], task, len(layers), p, outs)
+    first = reference_masks(drawn[: len(drawn) // 2], task, len(layers), p, outs, fused)
     ref_grads = grads_of(
         params,
         lambda: (soft_ordering_loop(layers, core.mixing(), h, task, identity_layer=identity_layer, width=width, dropout_masks=first) * weight).sum(),
@@ -354,30 +360,53 @@ def test_keep_mask_entries_are_independent():
 
 def test_relu_dropout_mix_gradcheck():
     torch.manual_seed(12)
-    pre = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)  # (R, L, F)
+    pre = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)  # (R, S, L, C)
     w = torch.rand(2, 3, 4, dtype=torch.float64, requires_grad=True)  # (G, R, L)
-    mask = (torch.rand(2, 3, 4, 5) < 0.6).double()
-    ref = (w.unsqueeze(-1) * torch.relu(pre) * mask).sum(2)
+    mask = (torch.rand(2, 3, 2, 4, 5) < 0.6).double()  # (G, R, S, L, C)
+    ref = (w[:, :, None, :, None] * torch.relu(pre) * mask).sum(3)
     torch.testing.assert_close(_ReluDropoutMix.apply(pre, w, mask.clone()), ref)
     assert torch.autograd.gradcheck(lambda a, b: _ReluDropoutMix.apply(a, b, mask.clone()), (pre, w))
     assert torch.autograd.gradcheck(lambda a, b: _ReluDropoutMix.apply(a, b, None), (pre, w))
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape, pool", [((2, 1, 8, 9), 2), ((2, 2, 6, 6), 2), ((1, 1, 7, 7), 3)])
-def test_tiny_conv_pool_equals_conv_then_pool(shape, pool, bias):
+@pytest.mark.parametrize("shape, pool, groups", [((2, 1, 8, 9), 2, 1), ((2, 2, 6, 6), 2, 1), ((1, 1, 7, 7), 3, 1), ((6, 1, 9, 8), 2, 3)])
+def test_narrow_conv_pool_equals_conv_then_pool(shape, pool, groups, bias):
+    """Forward and every gradient equal conv2d then max_pool2d, per group of rows with its own weights."""
     torch.manual_seed(13)
     h = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(6, shape[1], 3, 3, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(6, dtype=torch.float64, requires_grad=True) if bias else None
+    w = torch.randn(groups, 6, shape[1], 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(groups, 6, dtype=torch.float64, requires_grad=True) if bias else None
     inputs = (h, w, b) if bias else (h, w)
-    ref = F.max_pool2d(F.conv2d(h, w, b, padding=1), pool)
-    out = _TinyConvMaxPool.apply(h, w, b, pool)
+    n = shape[0] // groups
+    ref = torch.cat([F.max_pool2d(F.conv2d(h[g * n : (g + 1) * n], w[g], b[g] if bias else None, padding=1), pool) for g in range(groups)])
+    squeeze = (lambda x: x) if groups > 1 else (lambda x: None if x is None else x[0])  # noqa: E731
+    fast = lambda h, w, b=None: narrow_conv_max_pool(h, squeeze(w), squeeze(b), pool, groups)  # noqa: E731
+    out = fast(*inputs)
+    assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(ref)
     for a, c in zip(torch.autograd.grad(out, inputs, g), torch.autograd.grad(ref, inputs, g)):
         torch.testing.assert_close(a, c)
-    assert torch.autograd.gradcheck(lambda *a: _TinyConvMaxPool.apply(*a, *(() if bias else (None,)), pool), inputs, fast_mode=True)
+    assert torch.autograd.gradcheck(fast, inputs, fast_mode=True)
+
+
+def test_narrow_conv_pool_blocks_cover_every_row(monkeypatch):
+    """Blocks smaller than a group, and larger: the same result as one block."""
+    import softorder._conv_kernels as kernels
+
+    torch.manual_seed(15)
+    h = torch.randn(4, 1, 10, 10, requires_grad=True)
+    w, b = torch.randn(2, 5, 1, 3, 3, requires_grad=True), torch.randn(2, 5, requires_grad=True)
+    ref = torch.cat([F.max_pool2d(F.conv2d(h[2 * g : 2 * g + 2], w[g], b[g], padding=1), 2) for g in range(2)])
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (h, w, b), g)
+    for block in (7, 40, 10_000):
+        monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", block)
+        out = narrow_conv_max_pool(h, w, b, 2, 2)
+        torch.testing.assert_close(out, ref, **TOL)
+        for a, c in zip(torch.autograd.grad(out, (h, w, b), g), ref_grads):
+            torch.testing.assert_close(a, c, **TOL)
 
 
 def test_pooling_ties_route_like_max_pool2d():
@@ -387,7 +416,97 @@ def test_pooling_ties_route_like_max_pool2d():
     h[:, :, 3:7, 2:9] = torch.rand(2, 1, 4, 7)
     w, b = torch.randn(6, 1, 3, 3, requires_grad=True), torch.randn(6, requires_grad=True)
     ref = F.max_pool2d(F.conv2d(h, w, b, padding=1), 2)
-    out = _TinyConvMaxPool.apply(h, w, b, 2)
+    out = narrow_conv_max_pool(h, w, b, 2)
     g = torch.randn_like(ref)
     for a, c in zip(torch.autograd.grad(out, (w, b), g), torch.autograd.grad(ref, (w, b), g)):
         torch.testing.assert_close(a, c, **TOL)
+
+
+# --- every ordering's convolution paths: narrow inputs, memory formats, grouped single task -----
+
+
+def single_task_loop(core: SingleTaskCores, h, task, width):
+    """The single-task baseline one task at a time, each through its own copy, zero-padded input."""
+    out = [None] * h.shape[0]
+    for t in task.unique().tolist():
+        rows = (task == t).nonzero().flatten()
+        y = F.pad(h[rows], [0, 0] * (h.dim() - 2) + [0, width - h.shape[1]])
+        for layer in core.task_layers[t]:
+            y = layer(y)
+        for i, r in enumerate(rows.tolist()):
+            out[r] = y[i]
+    return torch.stack(out)
+
+
+def hard_core(ordering, make, num_tasks):
+    if ordering == "parallel":
+        return ParallelOrdering(make(), num_tasks)
+    if ordering == "permuted":
+        return PermutedOrdering(make(), num_tasks, seed=2)
+    return SingleTaskCores(make, num_tasks)
+
+
+KINDS_AND_FORMATS = [("dense", "contiguous"), ("narrow-dense", "contiguous")] + [
+    (kind, fmt) for kind in ("conv", "narrow-conv", "narrow-conv-tanh") for fmt in ("contiguous", "channels_last")
+]
+
+
+@pytest.mark.parametrize("kind, fmt", KINDS_AND_FORMATS)
+@pytest.mark.parametrize("ordering", ["parallel", "permuted", "single"])
+def test_hard_and_single_orderings_equal_loop(ordering, kind, fmt):
+    """Forward and gradients equal the plain loop on the explicitly zero-padded input, for narrow
+    inputs read without padding, inputs in either memory format, and tasks with unequal row counts
+    (the single-task baseline's grouped path pads them)."""
+    torch.manual_seed(16)
+    width = 6
+    activation = "tanh" if kind.endswith("tanh") else "relu"
+    make = (lambda: [Dense(width) for _ in range(3)]) if kind.endswith("dense") else (lambda: [ConvPool(width, activation=activation) for _ in range(3)])  # noqa: E731
+    shape = {"dense": (6,), "narrow-dense": (2,), "conv": (6, 16, 17)}.get(kind, (1, 16, 17))
+    core = hard_core(ordering, make, 4)
+    if ordering == "single":
+        assert core._grouped
+    h, task = mixed_rows(11, 4, shape)
+    if fmt == "channels_last":
+        h = h.contiguous(memory_format=torch.channels_last)
+    h.requires_grad_(True)
+    params = [h] + list(core.parameters())
+    if ordering == "single":
+        reference = lambda: single_task_loop(core, h, task, width)  # noqa: E731
+    else:
+        reference = lambda: hard_ordering_loop(list(core.layers), core.order, h, task, width=width)  # noqa: E731
+    out, ref = core(h, task), reference()
+    torch.testing.assert_close(out, ref, **TOL)
+    weight = torch.randn_like(ref)
+    for a, b in zip(grads_of(params, lambda: (core(h, task) * weight).sum()), grads_of(params, lambda: (reference() * weight).sum())):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_single_task_grouped_path_with_absent_tasks():
+    """Only some tasks' rows in a batch: each still goes through its own copy."""
+    torch.manual_seed(17)
+    core = SingleTaskCores(lambda: [ConvPool(4) for _ in range(2)], 5)
+    h = torch.randn(5, 1, 8, 8)
+    task = torch.tensor([3, 1, 3, 3, 1])
+    torch.testing.assert_close(core(h, task), single_task_loop(core, h, task, 4), **TOL)
+
+
+def test_soft_conv_accepts_both_memory_formats():
+    torch.manual_seed(18)
+    core = random_logits(SoftOrdering([ConvPool(5) for _ in range(3)], 3, identity_layer=False))
+    h, task = mixed_rows(7, 3, (5, 12, 12))
+    out = core(h, task)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(core(h.contiguous(memory_format=torch.channels_last), task), out, **TOL)
+    torch.testing.assert_close(out, soft_ordering_loop(list(core.layers), core.mixing(), h, task), **TOL)
+
+
+def test_dropout_keeps_channels_last_and_its_distribution():
+    from softorder.orderings import dropout
+
+    torch.manual_seed(19)
+    h = torch.rand(8, 5, 30, 30).add_(0.5).contiguous(memory_format=torch.channels_last)
+    out = dropout(h, 0.5, True)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], 2 * h[kept])
+    assert abs(float(kept.float().mean()) - 0.5) < 0.01

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
+
+from softorder._conv_kernels import NARROW_CONTRACTION, narrow_conv_max_pool
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -32,7 +33,10 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
 
 
 class Dense(nn.Module):
-    """A shared dense layer ``phi(W h + b)``: (N, width) -> (N, width)."""
+    """A shared dense layer ``phi(W h + b)``: (N, width) -> (N, width).
+
+    An input with fewer than ``width`` features reads as zero-padded (only the first columns of W
+    are used)."""
 
     def __init__(self, width: int, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()
@@ -41,7 +45,7 @@ class Dense(nn.Module):
         self.linear = nn.Linear(width, width, bias=bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self._phi(self.linear(h))
+        return self._phi(F.linear(h, self.linear.weight[:, : h.shape[1]], self.linear.bias))
 
     def extra_repr(self) -> str:
         return f"width={self.width}, activation={self.activation!r}"
@@ -50,8 +54,10 @@ class Dense(nn.Module):
 class ConvPool(nn.Module):
     """A shared conv layer: ``k x k`` convolution (same padding), activation, ``pool x pool`` max-pooling.
 
-    (N, C, H, W) -> (N, C, H // pool, W // pool). The paper's Omniglot core (Sec. 4.3, A.3) is four
-    of these with C = 53, k = 3, pool = 2 and ReLU.
+    (N, C, H, W) -> (N, C, H // pool, W // pool), in channels-last memory (the CPU's fastest
+    convolutions; any input layout is accepted). An input with fewer than C channels reads as
+    zero-padded without the padding being made (Sec. 4.3's 1-channel images). The paper's Omniglot
+    core (Sec. 4.3, A.3) is four of these with C = 53, k = 3, pool = 2 and ReLU.
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, pool: int = 2, activation: str = "relu") -> None:
@@ -63,19 +69,48 @@ class ConvPool(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
 
     def forward(self, h: Tensor) -> Tensor:
-        y = self._phi(self.conv(h))
-        return F.max_pool2d(y, self.pool) if self.pool > 1 else y
+        pool_first = self.activation in _POOL_COMMUTES
+        y = self._phi(conv_pool(h, self.conv.weight[:, : h.shape[1]], self.conv.bias, self.pool, pool_first=pool_first))
+        return y if pool_first or self.pool == 1 else F.max_pool2d(y, self.pool)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, pool={self.pool}"
 
 
+_POOL_COMMUTES = ("relu", "identity")  # max_pool(phi(x)) == phi(max_pool(x)), in value and gradient
+
+
+def conv_pool(h: Tensor, weight: Tensor, bias: Tensor | None, pool: int, *, pool_first: bool, row_groups: int = 1) -> Tensor:
+    """``conv2d`` (same padding) then ``max_pool2d``, before the activation when ``pool_first``.
+
+    h (N, c, H, W); weight (O, c, k, k), or (G, O, c, k, k) for ``row_groups`` G equal groups of
+    rows, each with its own weights (one grouped convolution). Returns (N, O, H', W') channels-last;
+    when ``pool_first`` is False the pooling is left to the caller (H' = H). Inputs with few channels
+    (Omniglot's images) take :func:`softorder._conv_kernels.narrow_conv_max_pool`.
+    """
+    c, k = h.shape[1], weight.shape[-1]
+    if pool_first and pool > 1 and c * k * k <= NARROW_CONTRACTION:
+        return narrow_conv_max_pool(h, weight, bias, pool, row_groups)
+    h = h.contiguous(memory_format=torch.channels_last)
+    if row_groups > 1:  # rows of group g through weight[g]: groups side by side as channels
+        n = h.shape[0] // row_groups
+        stacked = h.view(row_groups, n, *h.shape[1:]).transpose(0, 1).reshape(n, row_groups * c, *h.shape[2:])
+        y = F.conv2d(stacked.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1),
+                     None if bias is None else bias.flatten(), padding=k // 2, groups=row_groups)
+        y = y.view(n, row_groups, -1, *y.shape[2:]).transpose(0, 1).flatten(0, 1)
+        y = y.contiguous(memory_format=torch.channels_last)
+    else:
+        y = F.conv2d(h, weight, bias, padding=k // 2)
+    return F.max_pool2d(y, pool) if pool_first and pool > 1 else y
+
+
 class FusedBank:
     """All L layers of a bank applied to the same rows at once, reading the layers' own parameters.
 
-    ``__call__(h)`` gives (N, L, *out_shape). ``h`` may have fewer channels (dim 1) than the layers
-    expect; the missing channels are then read as zeros without being materialised (the paper's
-    zero-padding of Omniglot inputs to 53 channels, A.3). Not an ``nn.Module``: it holds no
+    Outputs are laid out (N, S, L, C): S positions (1 for Dense, H' * W' for ConvPool, whose
+    outputs are channels-last), L layers, C channels. ``h`` may have fewer channels (dim 1) than
+    the layers expect; the missing channels are then read as zeros without being materialised (the
+    paper's zero-padding of Omniglot inputs to 53 channels, A.3). Not an ``nn.Module``: it holds no
     parameters of its own, only references to the modules it was built from.
     """
 
@@ -91,124 +126,90 @@ class FusedBank:
         bias = torch.cat([m.bias for m in mods], dim=0) if mods[0].bias is not None else None
         return weight, bias
 
-    def __call__(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def __call__(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
+        """Every layer's output: (N, S, L, C), and the shape of one layer's output per row."""
         first = self.layers[0]
-        num_layers = len(self.layers)
-        if h.shape[1] < weight.shape[1]:
-            weight = weight[:, : h.shape[1]]
-        if self.kind is Dense:
-            y = first._phi(F.linear(h, weight, bias))  # (N, L*C)
-            return y.view(h.shape[0], num_layers, -1)
-        y = first._phi(F.conv2d(h, weight, bias, padding=first.kernel_size // 2))  # (N, L*C, H, W)
-        if first.pool > 1:
+        y, shape = self._linear_part(h, weight, bias, pool_first=first.activation in _POOL_COMMUTES)
+        y = first._phi(y)
+        if self.kind is ConvPool and first.activation not in _POOL_COMMUTES and first.pool > 1:
             y = F.max_pool2d(y, first.pool)
-        return y.view(h.shape[0], num_layers, first.channels, *y.shape[2:])
-
+            shape = (first.channels, *y.shape[2:])
+        return self._positions_layers_channels(y), shape
 
     def pre_activation(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
-        """The layers' outputs before their activation: (N, L, F) and the shape of one layer's output.
+        """The layers' outputs before their activation: (N, S, L, C), and one layer's output shape.
 
         For :class:`ConvPool` the max-pooling comes first: it commutes with ReLU (and the identity),
         ``pool(relu(x)) == relu(pool(x))`` in value and in gradient, and pooling first runs the
         activation on a quarter of the elements. Only valid for those activations.
         """
-        first = self.layers[0]
-        num_layers = len(self.layers)
-        if h.shape[1] < weight.shape[1]:
-            weight = weight[:, : h.shape[1]]
+        y, shape = self._linear_part(h, weight, bias, pool_first=True)
+        return self._positions_layers_channels(y), shape
+
+    def _linear_part(self, h: Tensor, weight: Tensor, bias: Tensor | None, pool_first: bool) -> tuple[Tensor, tuple[int, ...]]:
+        weight = weight[:, : h.shape[1]]
         if self.kind is Dense:
-            y = F.linear(h, weight, bias)  # (N, L*C)
-            return y.view(h.shape[0], num_layers, -1), (y.shape[1] // num_layers,)
-        if first.pool > 1 and h.shape[1] * first.kernel_size**2 <= _TINY_CONTRACTION:
-            y = _TinyConvMaxPool.apply(h, weight, bias, first.pool)  # e.g. Omniglot's 1-channel images
-        else:
-            y = F.conv2d(h, weight, bias, padding=first.kernel_size // 2)  # (N, L*C, H, W)
-            if first.pool > 1:
-                y = F.max_pool2d(y, first.pool)
-        return y.reshape(h.shape[0], num_layers, -1), (first.channels, *y.shape[2:])
+            return F.linear(h, weight, bias), (weight.shape[0] // len(self.layers),)  # (N, L*C)
+        first = self.layers[0]
+        y = conv_pool(h, weight, bias, first.pool, pool_first=pool_first)  # (N, L*C, H', W') channels-last
+        return y, (first.channels, *y.shape[2:])
+
+    def _positions_layers_channels(self, y: Tensor) -> Tensor:
+        """(N, L*C) or channels-last (N, L*C, H', W') -> (N, S, L, C), a view where the layout allows."""
+        num_layers = len(self.layers)
+        if y.dim() == 2:
+            return y.view(y.shape[0], 1, num_layers, -1)
+        return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, num_layers, y.shape[1] // num_layers)
 
 
-_TINY_CONTRACTION = 32  # input channels x kernel area up to which _TinyConvMaxPool replaces conv + pool
+def grouped_forward(copies: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """Copies of one library layer (one configuration, e.g. each task's own), copy g on group g's
+    rows, all at once: one batched product (Dense) or one grouped convolution (ConvPool).
+
+    ``x`` is in the grouped layout of :func:`rows_to_grouped` and so is the result. Narrow inputs
+    read as zero-padded, as the layers themselves do."""
+    first, groups = copies[0], len(copies)
+    if isinstance(first, Dense):  # x (G * n, c) -> (G * n, C)
+        weight = torch.stack([l.linear.weight[:, : x.shape[1]] for l in copies]).transpose(1, 2)  # (G, c, C)
+        rows = x.view(groups, -1, x.shape[1])
+        bias = None if first.linear.bias is None else torch.stack([l.linear.bias for l in copies]).unsqueeze(1)
+        y = torch.bmm(rows, weight) if bias is None else torch.baddbmm(bias, rows, weight)
+        return first._phi(y).view(x.shape[0], -1)
+    assert isinstance(first, ConvPool)
+    c = x.shape[1] // groups
+    weight = torch.stack([l.conv.weight[:, :c] for l in copies])  # (G, C, c, k, k)
+    bias = torch.stack([l.conv.bias for l in copies])  # (G, C)
+    pool_first = first.activation in _POOL_COMMUTES
+    if pool_first and first.pool > 1 and c * first.kernel_size**2 <= NARROW_CONTRACTION:
+        y = rows_to_grouped(narrow_conv_max_pool(grouped_to_rows(x, groups), weight, bias, first.pool, groups), groups)
+    else:
+        y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1), bias.flatten(),
+                     padding=first.kernel_size // 2, groups=groups)
+        y = F.max_pool2d(y, first.pool) if pool_first and first.pool > 1 else y
+    y = first._phi(y)
+    return y if pool_first or first.pool == 1 else F.max_pool2d(y, first.pool)
 
 
-def _tiny_parts(h: Tensor, k: int, pool: int, bias: bool) -> list[Tensor]:
-    """The unfolded input at each offset of the pooling windows: pool * pool tensors (N, K [+1], H' * W'),
-    K = channels * k * k, with a last row of ones standing for the bias when ``bias``."""
-    n, c, height, width = h.shape
-    hp, wp = height // pool, width // pool
-    cols = F.unfold(h, k, padding=k // 2).view(n, c * k * k, height, width)
-    parts = []
-    for dy in range(pool):
-        for dx in range(pool):
-            part = torch.ones(n, c * k * k + int(bias), hp, wp, dtype=h.dtype, device=h.device)
-            part[:, : c * k * k] = cols[:, :, dy : dy + pool * hp : pool, dx : dx + pool * wp : pool]
-            parts.append(part.view(n, -1, hp * wp))
-    return parts
+def rows_to_grouped(h: Tensor, groups: int) -> Tensor:
+    """Rows of G equal groups, (G * n, C, H, W), as one image of G * C channels per position in a
+    group, (n, G * C, H, W) channels-last: what a grouped convolution reads and writes. Rows of
+    dense layers, (G * n, C), stay as they are."""
+    if h.dim() == 2:
+        return h
+    _, c, height, width = h.shape
+    n = h.shape[0] // groups
+    sites = h.permute(0, 2, 3, 1).reshape(groups, n, height, width, c)  # a view for channels-last rows
+    return sites.permute(1, 2, 3, 0, 4).reshape(n, height, width, groups * c).permute(0, 3, 1, 2)
 
 
-class _TinyConvMaxPool(torch.autograd.Function):
-    """``max_pool2d(conv2d(h, weight, bias, padding=k // 2), pool)`` for inputs with few channels.
-
-    With a 1-channel image (Omniglot, read as zero-padded to the layers' width) the convolution is
-    a product with a contraction of only k * k, which the convolution kernels run far below their
-    usual speed, and its full-resolution output (then pooled) is the largest tensor of the model.
-    Here the convolution is computed separately at each of the pool * pool offsets of the pooling
-    windows, as one batched product of the weights (bias as an extra column) with the unfolded
-    input, and reduced with a running maximum, so the full-resolution output never exists. The
-    backward recomputes each offset's product (cheap: the contraction is tiny) and routes each
-    window's gradient to its first maximum in row-major order, as ``max_pool2d`` does.
-    """
-
-    @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, pool: int) -> Tensor:  # type: ignore[override]
-        n, _, height, width = h.shape
-        o, k = weight.shape[0], weight.shape[-1]
-        parts = _tiny_parts(h, k, pool, bias is not None)
-        wm = weight.reshape(o, -1) if bias is None else torch.cat([weight.reshape(o, -1), bias.view(o, 1)], dim=1)
-        wb = wm.expand(n, *wm.shape)  # (N, O, K [+1])
-        best = torch.bmm(wb, parts[0])  # (N, O, P)
-        buf = torch.empty_like(best)
-        for part in parts[1:]:
-            torch.maximum(best, torch.bmm(wb, part, out=buf), out=best)
-        ctx.save_for_backward(wm, best, *parts)
-        ctx.geometry = (tuple(h.shape), tuple(weight.shape), pool, bias is not None)
-        return best.view(n, o, height // pool, width // pool)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        wm, best, *parts = ctx.saved_tensors
-        (n, c, height, width), wshape, pool, has_bias = ctx.geometry
-        k = wshape[-1]
-        hp, wp = height // pool, width // pool
-        g = grad.reshape(best.shape)
-        wb = wm.expand(n, *wm.shape)
-        need_h = ctx.needs_input_grad[0]
-        need_wb = ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2])
-        grad_wm = torch.zeros_like(wm) if need_wb else None
-        dcols = torch.zeros(n, c * k * k, height, width, dtype=grad.dtype, device=grad.device) if need_h else None
-        z, sel, rest = torch.empty_like(best), torch.empty_like(best), None  # rest: 1 where no earlier offset won
-        offsets = [(dy, dx) for dy in range(pool) for dx in range(pool)]
-        for i, ((dy, dx), part) in enumerate(zip(offsets, parts)):
-            if i < len(parts) - 1:
-                torch.eq(torch.bmm(wb, part, out=z), best, out=sel)
-                if rest is None:
-                    rest = torch.rsub(sel, 1.0)
-                else:
-                    sel.mul_(rest)
-                    rest.sub_(sel)
-                gq = sel.mul_(g)  # (N, O, P): the gradient reaching offset i
-            else:
-                gq = rest.mul_(g) if rest is not None else g
-            if need_wb:
-                grad_wm += torch.bmm(gq, part.transpose(1, 2)).sum(0)
-            if need_h:
-                dpart = torch.matmul(wm[:, : c * k * k].t(), gq)  # (N, K, P)
-                dcols[:, :, dy : dy + pool * hp : pool, dx : dx + pool * wp : pool] = dpart.view(n, -1, hp, wp)
-        grad_h = F.fold(dcols.view(n, -1, height * width), (height, width), k, padding=k // 2) if need_h else None
-        grad_w = grad_wm[:, : c * k * k].reshape(wshape) if need_wb and ctx.needs_input_grad[1] else None
-        grad_b = grad_wm[:, -1].clone() if need_wb and has_bias and ctx.needs_input_grad[2] else None
-        return grad_h, grad_w, grad_b, None
+def grouped_to_rows(x: Tensor, groups: int) -> Tensor:
+    """The inverse of :func:`rows_to_grouped`: (n, G * C, H, W) -> (G * n, C, H, W) channels-last."""
+    if x.dim() == 2:
+        return x
+    n, gc, height, width = x.shape
+    c = gc // groups
+    sites = x.permute(0, 2, 3, 1).reshape(n, height, width, groups, c)
+    return sites.permute(3, 0, 1, 2, 4).reshape(groups * n, height, width, c).permute(0, 3, 1, 2)
 
 
 def fused_bank(layers: Sequence[nn.Module]) -> FusedBank | None:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from softorder.layers import fused_bank, layer_width
+from softorder.layers import ConvPool, Dense, fused_bank, grouped_forward, grouped_to_rows, layer_width, rows_to_grouped
 
 Gate = Literal["softmax", "sigmoid"]
 
@@ -93,11 +93,16 @@ def dropout(h: Tensor, p: float, training: bool) -> Tensor:
     1 / (1 - p)), drawing its mask with :func:`keep_mask`."""
     if not training or p == 0.0:
         return h
-    return h * keep_mask(h.shape, p, device=h.device, dtype=h.dtype).div_(1.0 - p)
+    if h.dim() == 4 and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last):
+        n, c, height, width = h.shape  # a mask in the same memory layout keeps the product channels-last
+        mask = keep_mask((n, height, width, c), p, device=h.device, dtype=h.dtype).permute(0, 3, 1, 2)
+    else:
+        mask = keep_mask(h.shape, p, device=h.device, dtype=h.dtype)
+    return h * mask.div_(1.0 - p)
 
 
 def mix(outs: Tensor, w: Tensor) -> Tensor:
-    """Weighted sum over layers: outs (..., L, F), w (..., L) -> (..., F).
+    """Weighted sum over layers: outs (..., L, C), w (..., L) -> (..., C).
 
     An elementwise product and a sum, not a batched product of (1 x L) by (L x F) matrices: on the
     CPU the latter (and its backward) runs as many tiny matrix products (see docs/performance.md).
@@ -108,10 +113,12 @@ def mix(outs: Tensor, w: Tensor) -> Tensor:
 class _ReluDropoutMix(torch.autograd.Function):
     """One depth of soft ordering after the layers' products, as one autograd node.
 
-    ``pre`` (R, L, F): the L layers' pre-activations for R input rows; ``w`` (G, R, L): mixing
-    weights (already scaled by 1 / (1 - p) under dropout); ``mask`` (G, R, L, F) of 0/1 or None.
-    Returns ``out[g, r] = sum_l w[g, r, l] * relu(pre[r, l]) * mask[g, r, l]``, (G, R, F): G groups
-    of rows share the same R inputs (G > 1 only for rows given to every task, :meth:`forward_shared`).
+    ``pre`` (R, S, L, C): the L layers' pre-activations for R input rows at S positions (1 for dense
+    layers, H' * W' for channels-last convolutions); ``w`` (G, R, L): mixing weights (already scaled
+    by 1 / (1 - p) under dropout); ``mask`` (G, R, S, L, C) of 0/1 or None.
+    Returns ``out[g, r, s] = sum_l w[g, r, l] * relu(pre[r, s, l]) * mask[g, r, s, l]``, (G, R, S, C):
+    G groups of rows share the same R inputs (G > 1 only for rows given to every task,
+    :meth:`forward_shared`).
 
     The backward needs only ``act = relu(pre) * mask`` (written into the mask's storage): ReLU's
     and dropout's gradient masks are both ``act > 0`` (a dropped entry is 0, a kept one is positive
@@ -121,13 +128,13 @@ class _ReluDropoutMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre: Tensor, w: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
         if mask is None:
-            act = torch.relu(pre).unsqueeze(0)  # (1, R, L, F)
+            act = torch.relu(pre).unsqueeze(0)  # (1, R, S, L, C)
         else:
-            act = mask.mul_(pre).relu_()  # (G, R, L, F), in place: the mask is ours
-        num_layers = act.shape[2]
-        out = act[:, :, 0] * w[:, :, 0:1]  # (G, R, F)
-        for j in range(1, num_layers):
-            out.addcmul_(act[:, :, j], w[:, :, j : j + 1])
+            act = mask.mul_(pre).relu_()  # (G, R, S, L, C), in place: the mask is ours
+        weight = w.unsqueeze(2).unsqueeze(-1)  # (G, R, 1, L, 1)
+        out = act[:, :, :, 0] * weight[:, :, :, 0]  # (G, R, S, C)
+        for j in range(1, act.shape[3]):
+            out.addcmul_(act[:, :, :, j], weight[:, :, :, j])
         ctx.save_for_backward(act, w)
         return out
 
@@ -136,12 +143,13 @@ class _ReluDropoutMix(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
         act, w = ctx.saved_tensors
         grad_pre = grad_w = buf = None
-        g = grad.unsqueeze(2)  # (G, R, 1, F)
+        g = grad.unsqueeze(3)  # (G, R, S, 1, C)
         if ctx.needs_input_grad[1]:
-            buf = torch.mul(act, g)  # (G, R, L, F)
-            grad_w = buf.sum(-1)  # (G, R, L)
+            buf = torch.mul(act, g)  # (G, R, S, L, C)
+            grad_w = buf.sum((2, 4))  # (G, R, L)
         if ctx.needs_input_grad[0]:
-            grad_act = torch.mul(g, w.unsqueeze(3), out=buf) if buf is not None else g * w.unsqueeze(3)  # reuses buf
+            weight = w.unsqueeze(2).unsqueeze(-1)  # (G, R, 1, L, 1)
+            grad_act = torch.mul(g, weight, out=buf) if buf is not None else g * weight  # reuses buf
             torch.ops.aten.threshold_backward.grad_input(grad_act, act, 0, grad_input=grad_act)
             grad_pre = grad_act.sum(0) if grad_act.shape[0] > 1 else grad_act[0]
         return grad_pre, grad_w, None
@@ -169,6 +177,7 @@ class OrderedCore(nn.Module):
         self.dropout = float(dropout)
         widths = {layer_width(l) for l in layers}
         self.width = widths.pop() if len(widths) == 1 else None  # None: user modules, or mixed widths
+        self._layers_read_narrow = all(isinstance(l, (Dense, ConvPool)) for l in layers)
 
     @property
     def num_layers(self) -> int:
@@ -210,10 +219,16 @@ class OrderedCore(nn.Module):
             return h
         return F.pad(h, [0, 0] * (h.dim() - 2) + [0, self.width - h.shape[1]])
 
+    def _widen(self, h: Tensor) -> Tensor:
+        """A narrow input as the layers will read it: as it is for the library's layers (which read
+        missing channels as zeros without making them), zero-padded for any other module."""
+        return h if self._layers_read_narrow else self._pad(h)
+
     def _apply_checked(self, j: int, h: Tensor) -> Tensor:
         """Layer j on h, checking it keeps the channel count so that layers can follow each other."""
         y = self.layers[j](h)
-        if y.dim() != h.dim() or y.shape[:2] != h.shape[:2]:
+        channels = h.shape[1] if self.width is None else max(h.shape[1], self.width)  # narrow inputs widen
+        if y.dim() != h.dim() or y.shape[0] != h.shape[0] or y.shape[1] != channels:
             raise ValueError(
                 f"shared layer {j} ({type(self.layers[j]).__name__}) maps rows of shape {tuple(h.shape[1:])} "
                 f"to {tuple(y.shape[1:])}: shared layers must keep the number of channels (dim 1)"
@@ -276,29 +291,35 @@ class SoftOrdering(OrderedCore):
         return h
 
     def _depth(self, k: int, h: Tensor, w: Tensor, fused: tuple[Tensor, Tensor | None] | None) -> Tensor:
-        """Depth k: h (R, C, ...), w (G, R, L[+1]) -> (G * R, C', ...)."""
+        """Depth k: h (R, C, ...), w (G, R, L[+1]) -> (G * R, C', ...).
+
+        The layers' outputs are laid out (R, S, L, C): S positions, channels last, for a fused bank
+        (convolutions then stay channels-last from depth to depth); one position holding every
+        feature for other modules."""
         num_layers = self.num_layers
         groups, rows = w.shape[0], h.shape[0]
         drop = self.training and self.dropout > 0
+        sites = fused is not None
         w_layers = w[:, :, :num_layers]
         if drop:
             w_layers = w_layers / (1.0 - self.dropout)  # dropout's scaling, moved onto the weights
-        if fused is not None and self._bank.activation == "relu":  # type: ignore[union-attr]
-            pre, out_shape = self._bank.pre_activation(h, *fused)  # type: ignore[union-attr]  # (R, L, F)
+        if sites and self._bank.activation == "relu":  # type: ignore[union-attr]
+            pre, out_shape = self._bank.pre_activation(h, *fused)  # type: ignore[union-attr]  # (R, S, L, C)
             mask = keep_mask((groups, *pre.shape), self.dropout, device=pre.device, dtype=pre.dtype) if drop else None
-            mixed = _ReluDropoutMix.apply(pre, w_layers, mask)  # (G, R, F)
+            mixed = _ReluDropoutMix.apply(pre, w_layers, mask)  # (G, R, S, C)
         else:
-            if fused is not None:
-                outs = self._bank(h, *fused)  # (R, L, C, ...)
+            if sites:
+                outs, out_shape = self._bank(h, *fused)  # type: ignore[misc]  # (R, S, L, C)
             else:
                 hp = self._pad(h)
-                outs = torch.stack([self._apply_checked(j, hp) for j in range(num_layers)], dim=1)
-            out_shape = outs.shape[2:]
-            outs = outs.flatten(2).unsqueeze(0)  # (1, R, L, F)
+                outs = torch.stack([self._apply_checked(j, hp) for j in range(num_layers)], dim=1)  # (R, L, ...)
+                out_shape = tuple(outs.shape[2:])
+                outs = outs.flatten(2).unsqueeze(1)  # (R, 1, L, F)
+            outs = outs.unsqueeze(0)
             if drop:
                 mask = keep_mask((groups, *outs.shape[1:]), self.dropout, device=outs.device, dtype=outs.dtype)
                 outs = outs * mask
-            mixed = mix(outs, w_layers)  # (G, R, F)
+            mixed = mix(outs, w_layers.unsqueeze(2))  # (G, R, S, C)
         if self.identity_layer:
             hp = self._pad(h)
             if tuple(hp.shape[1:]) != tuple(out_shape):
@@ -306,14 +327,30 @@ class SoftOrdering(OrderedCore):
                     f"the identity layer needs shared layers that keep the row shape; depth {k} maps "
                     f"{tuple(hp.shape[1:])} to {tuple(out_shape)}"
                 )
-            mixed = mixed + w[:, :, num_layers].unsqueeze(-1) * hp.flatten(1)
-        return mixed.reshape(groups * rows, *out_shape)
+            mixed = mixed + w[:, :, num_layers, None, None] * _to_sites(hp, sites)
+        return _from_sites(mixed.flatten(0, 1), out_shape, sites)
 
     def extra_repr(self) -> str:
         return (
             f"num_tasks={self.num_tasks}, depth={self.depth}, gate={self.gate!r}, "
             f"identity_layer={self.identity_layer}, dropout={self.dropout}"
         )
+
+
+def _to_sites(h: Tensor, channels_last: bool) -> Tensor:
+    """Rows (R, C, *spatial) as (R, S, C) with channels last, or as (R, 1, F) with every feature."""
+    if channels_last:
+        return h.permute(0, *range(2, h.dim()), 1).reshape(h.shape[0], -1, h.shape[1])
+    return h.reshape(h.shape[0], 1, -1)
+
+
+def _from_sites(x: Tensor, shape: Sequence[int], channels_last: bool) -> Tensor:
+    """The inverse of :func:`_to_sites`: x (M, S, C) -> rows (M, *shape), a view (channels-last
+    memory for convolutions' outputs)."""
+    if channels_last:
+        spatial = len(shape) - 1
+        return x.view(x.shape[0], *shape[1:], shape[0]).permute(0, spatial + 1, *range(1, spatial + 1))
+    return x.view(x.shape[0], *shape)
 
 
 class HardOrdering(OrderedCore):
@@ -338,7 +375,7 @@ class HardOrdering(OrderedCore):
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)
-        h = self._pad(h)
+        h = self._widen(h)
         route = self.order[task]  # (N, depth)
         for k in range(self.depth):
             h = self._route(h, route[:, k])
@@ -349,7 +386,7 @@ class HardOrdering(OrderedCore):
     def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
         tasks = self._check_shared(z, tasks)
         first = self.order[tasks, 0]  # (T,): each task's layer at depth 0, run once per distinct layer
-        outs = {j: self._apply_checked(j, self._pad(z)) for j in first.unique().tolist()}
+        outs = {j: self._apply_checked(j, self._widen(z)) for j in first.unique().tolist()}
         h = torch.cat([outs[j] for j in first.tolist()])  # (T * B, ...), task-major
         if self.dropout > 0:
             h = dropout(h, self.dropout, self.training)
@@ -385,7 +422,7 @@ class ParallelOrdering(HardOrdering):
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)
-        h = self._pad(h)
+        h = self._widen(h)
         for k in range(self.depth):
             h = self._apply_checked(k, h)
             if self.dropout > 0:
@@ -428,14 +465,17 @@ class SingleTaskCores(OrderedCore):
     """Single-task baseline: each task its own copy of the layers, in parallel order.
 
     ``make_layers()`` is called once per task. ``layers`` holds task 0's copy (so ``width`` and the
-    layer count are known); ``task_layers[t]`` holds task t's. Each task's rows run through its own
-    copy (a loop over tasks is inherent to separate models).
+    layer count are known); ``task_layers[t]`` holds task t's. With the library's layers all tasks
+    run at once, one batched product or grouped convolution per depth
+    (:func:`~softorder.layers.grouped_forward`; tasks with fewer rows than the largest are padded
+    with zero rows); other modules run one task's rows at a time.
     """
 
     def __init__(self, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0) -> None:
         copies = [nn.ModuleList(make_layers()) for _ in range(num_tasks)]
         super().__init__(list(copies[0]), num_tasks, None, dropout)
         self.task_layers = nn.ModuleList(copies)
+        self._grouped = all(fused_bank([c[k] for c in copies]) is not None for k in range(self.num_layers))
 
     def mixing(self) -> Tensor:
         eye = torch.eye(self.num_layers)
@@ -443,20 +483,41 @@ class SingleTaskCores(OrderedCore):
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)
-        h = self._pad(h)
         perm = torch.argsort(task, stable=True)
-        counts = torch.bincount(task, minlength=self.num_tasks).tolist()
-        pieces = []
-        for t, rows in enumerate(h[perm].split(counts)):
-            if counts[t] == 0:
-                continue
-            for layer in self.task_layers[t]:
-                rows = layer(rows)
-                if self.dropout > 0:
-                    rows = dropout(rows, self.dropout, self.training)
-            pieces.append(rows)
-        sorted_out = torch.cat(pieces)
-        return torch.empty_like(sorted_out).index_copy(0, perm, sorted_out)
+        counts = torch.bincount(task, minlength=self.num_tasks)
+        present = counts.nonzero().flatten()
+        rows = h[perm]  # task-major
+        if self._grouped:
+            out = self._forward_grouped(rows, counts, present)
+        else:
+            out = torch.cat([self._forward_task(t, part) for t, part in zip(present.tolist(), rows.split(counts[present].tolist()))])
+        return torch.empty_like(out).index_copy(0, perm, out)
+
+    def _forward_grouped(self, rows: Tensor, counts: Tensor, present: Tensor) -> Tensor:
+        """Task-major rows (N, ...) of the tasks ``present`` (P,), ``counts`` rows each -> (N, ...)."""
+        sizes = counts[present]
+        per_task = int(sizes.max())
+        ragged = bool((sizes != per_task).any())
+        if ragged:  # place task i's rows at [i * per_task, i * per_task + count)
+            offsets = torch.repeat_interleave(torch.arange(len(present), device=rows.device) * per_task, sizes)
+            slot = offsets + torch.arange(rows.shape[0], device=rows.device) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
+            rows = rows.new_zeros(len(present) * per_task, *rows.shape[1:]).index_copy(0, slot, rows)
+        ids = present.tolist()
+        x = rows_to_grouped(rows, len(ids))  # kept in the grouped layout from depth to depth
+        for k in range(self.num_layers):
+            x = grouped_forward([self.task_layers[t][k] for t in ids], x)
+            if self.dropout > 0:
+                x = dropout(x, self.dropout, self.training)
+        rows = grouped_to_rows(x, len(ids))
+        return rows[slot] if ragged else rows
+
+    def _forward_task(self, t: int, rows: Tensor) -> Tensor:
+        rows = self._pad(rows)
+        for layer in self.task_layers[t]:
+            rows = layer(rows)
+            if self.dropout > 0:
+                rows = dropout(rows, self.dropout, self.training)
+        return rows
 
 
 ORDERINGS = ("single", "parallel", "permuted", "soft")
