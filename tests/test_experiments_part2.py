@@ -327,3 +327,29 @@ def test_omniglot_zero_padding_shortcut_at_paper_shape(ordering):
         outputs = model(x)
         for name, y in zip(names, full.split(counts)):
             torch.testing.assert_close(outputs[name], model.decoders[name](y), atol=1e-5, rtol=1e-5)
+
+
+def test_omniglot_trial_records_are_written_reused_and_guarded(tmp_path):
+    """Each finished trial writes one record; a run into a new --out with the same records skips
+    the trial (no training, same result); a run with other settings is refused, naming the file."""
+    from softorder.experiments.records import read_records
+
+    data, records = tmp_path / "data", tmp_path / "records"
+    write_fake_omniglot(data)
+    overrides = dict(num_tasks=[2], iterations=4, eval_every=4, methods=["soft", "parallel"], verify_data=False, records=str(records))
+    first = run_experiment(get_experiment("omniglot"), tmp_path / "a", quick=True, overrides=overrides, data_dir=data)
+    stored = read_records(records)
+    assert [r["file"] for r in stored] == [
+        "num_tasks=2_test_fraction=0.1_method=parallel_init=he_iterations=4_seed=0.json",
+        "num_tasks=2_test_fraction=0.1_method=soft_init=he_iterations=4_seed=0.json",
+    ]
+    for r in stored:
+        assert {"method", "num_tasks", "test_fraction", "iterations", "seed", "init", "padding", "test_error",
+                "test_error_by_task", "train_seconds", "commit", "settings"} <= set(r)
+        assert 0.0 <= r["result"]["dead_channel_share"] <= 1.0 and isinstance(r["result"]["collapsed"], bool)
+        assert set(r["test_error_by_task"]) == set(r["result"]["tasks"])
+    again = run_experiment(get_experiment("omniglot"), tmp_path / "b", quick=True, overrides=overrides, data_dir=data)
+    means = lambda summary: {m: v["mean"] for m, v in summary["error_by_cell"]["tasks=2/test=0.1"].items()}  # noqa: E731
+    assert means(again) == means(first)  # read back, not retrained
+    with pytest.raises(ValueError, match=r"method=soft_init=he_iterations=4_seed=0.json was made with other settings \(lr"):
+        run_experiment(get_experiment("omniglot"), tmp_path / "c", quick=True, overrides={**overrides, "lr": 0.5}, data_dir=data)

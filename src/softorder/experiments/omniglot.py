@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from softorder.experiments.records import read_record, record_path, write_record
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 
 METHODS = ("single", "parallel", "permuted", "soft")
@@ -85,6 +86,7 @@ class OmniglotExperiment(Experiment):
             "threads": 1,  # torch CPU threads (0: leave torch's default)
             "device": "cpu" if quick else "auto",  # "auto": CUDA when available
             "verify_data": True,  # check the data files' checksums (False: e.g. re-packed copies)
+            "records": "",  # a directory of trial records (e.g. results/omniglot): finished trials there are skipped
         }
 
     def _grid(self, config: Mapping[str, Any]) -> list[tuple[int, float]]:
@@ -112,6 +114,20 @@ class OmniglotExperiment(Experiment):
         ]
 
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
+        if not config.get("records"):
+            return self._train(config, trial, trial_dir, data_dir)
+        fields, settings = record_fields(config, trial.params), record_settings(config)
+        path = record_path(Path(config["records"]), fields, RECORD_NAME_KEYS)
+        record = read_record(path, settings)
+        if record is not None:
+            print(f"[{self.name}] {trial.key}: record {path} already there, not run again", flush=True)
+            return record["result"]
+        result = self._train(config, trial, trial_dir, data_dir)
+        write_record(path, {**fields, "test_error": result["final_mean_test_error"], "test_error_by_task": result["final_test_error"],
+                            "train_seconds": result["train_seconds"]}, settings, result)
+        return result
+
+    def _train(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.analysis import mixing_of
         from softorder.data import omniglot
         from softorder.model import build_model
@@ -159,7 +175,11 @@ class OmniglotExperiment(Experiment):
         last = history.last
         names = data.task_names
         side = data.specs[0].input_shape[-1]
+        chance = float(np.mean([1.0 - 1.0 / s.num_outputs for s in data.specs]))
         return {
+            "dead_channel_share": dead_channel_share(model, data, device),
+            "chance_error": chance,
+            "collapsed": bool(last["test_error"] > COLLAPSE_FRACTION * chance),
             "tasks": names,
             "image_side": int(side),
             "downsample": int(config["downsample"]),
@@ -235,6 +255,47 @@ def _finished_runs(results: Mapping[str, dict[str, Any]], config: Mapping[str, A
     """The finished trials' results of one (number of tasks, test fraction, method) cell, by trial."""
     keys = (trial_key(k, fraction, method, t) for t in range(int(config["trials"])))
     return [results[key] for key in keys if key in results]
+
+
+RECORD_NAME_KEYS = ("num_tasks", "test_fraction", "method", "init", "iterations", "seed")
+COLLAPSE_FRACTION = 0.9  # a trial whose mean test error ends above 0.9 x chance's is reported as collapsed
+
+
+def record_fields(config: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """What tells one Omniglot trial record from another (issue: the paper's protocol, Fig. 6c)."""
+    return {
+        "method": params["method"],
+        "num_tasks": int(params["num_tasks"]),
+        "test_fraction": float(params["test_fraction"]),
+        "iterations": int(config["iterations"]),
+        "seed": int(params["trial"]),
+        "init": config["init"],
+        "padding": "same",  # the shared convolutions keep the image size (Keras' default is 'valid')
+    }
+
+
+def record_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The other settings a record must share with a run that reuses it."""
+    keys = ("batch_size", "eval_every", "downsample", "width", "depth", "dropout", "lr", "split_seed")
+    return {k: config[k] for k in keys}
+
+
+def dead_channel_share(model: torch.nn.Module, data: Any, device: str, per_task: int = 5) -> float:
+    """Share of (task, channel) pairs whose last shared depth outputs zero for every one of up to
+    ``per_task`` test images of the task (ReLU units that died during training)."""
+    inputs: dict[str, torch.Tensor] = {}
+    for batch in data.eval_batches("test", 256):
+        for name, x in batch.inputs.items():
+            have = inputs.get(name, x[:0])
+            inputs[name] = torch.cat([have, x[: per_task - have.shape[0]]])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        h, task, _, _ = model.encode({n: x.to(device) for n, x in inputs.items()})
+        y = model.core(h, task)  # (N, C, H, W)
+    model.train(was_training)
+    peak = torch.stack([y[task == t].amax(dim=(0, 2, 3)) for t in task.unique()])  # (tasks, C)
+    return float((peak <= 0).float().mean())
 
 
 def reinit_layers(model: torch.nn.Module, he_conv: bool = False) -> None:
