@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.records import read_record, record_path, write_record
+from softorder.experiments.records import read_record, record_path, source_commit, write_record
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 
 METHODS = ("single", "parallel", "permuted", "soft")
@@ -122,9 +122,10 @@ class OmniglotExperiment(Experiment):
         if record is not None:
             print(f"[{self.name}] {trial.key}: record {path} already there, not run again", flush=True)
             return record["result"]
+        commit = source_commit()
         result = self._train(config, trial, trial_dir, data_dir)
         write_record(path, {**fields, "test_error": result["final_mean_test_error"], "test_error_by_task": result["final_test_error"],
-                            "train_seconds": result["train_seconds"]}, settings, result)
+                            "train_seconds": result["train_seconds"]}, settings, result, commit)
         return result
 
     def _train(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:

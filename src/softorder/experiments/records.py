@@ -46,10 +46,11 @@ def read_record(path: Path, settings: Mapping[str, Any]) -> dict[str, Any] | Non
     return record
 
 
-def write_record(path: Path, fields: Mapping[str, Any], settings: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+def write_record(path: Path, fields: Mapping[str, Any], settings: Mapping[str, Any], result: Mapping[str, Any], commit: str) -> dict[str, Any]:
     """Write a record atomically: its identifying ``fields``, the ``settings`` it was run with, the
-    commit of the code, and the trial's ``result``."""
-    record = {"version": RECORD_VERSION, **fields, "settings": dict(settings), "commit": source_commit(), "result": dict(result)}
+    ``commit`` of the code that ran it (:func:`source_commit`, taken when the trial started), and
+    the trial's ``result``."""
+    record = {"version": RECORD_VERSION, **fields, "settings": dict(settings), "commit": commit, "result": dict(result)}
     atomic_write_json(path, record)
     return record
 
@@ -66,8 +67,9 @@ def read_records(records_dir: Path) -> list[dict[str, Any]]:
 
 
 def source_commit() -> str:
-    """The git commit of the installed source tree (with '+dirty' for uncommitted changes to it),
-    or 'unknown' outside a git checkout."""
+    """The git commit of the source tree now (with '+dirty' for uncommitted changes under src/),
+    or 'unknown' outside a git checkout. Take it when a trial starts: the tree may move on while
+    the trial runs."""
     root = Path(__file__).resolve().parents[3]
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
