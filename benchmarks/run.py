@@ -193,6 +193,52 @@ def _eval_seconds(model, num_tasks: int, per_task: int = 5) -> float:
     return harness.median(times) / (per_task * num_tasks)
 
 
+def section_first_depth(tasks: int, reps: int) -> dict:
+    """Soft ordering's first Omniglot depth on its own, forward and backward: the 1-channel images
+    through the 4 x 53 filters and 2x2 pooling, then ReLU, dropout 0.5 and the mixing, now and at
+    CONV_COMMIT (its _TinyConvMaxPool and _ReluDropoutMix), with the bytes the step must move."""
+    import baseline
+
+    baseline.build_model(baseline.CONV_COMMIT)
+    import importlib
+
+    old_layers = importlib.import_module(f"softorder_{baseline.CONV_COMMIT}.layers")
+    old_orderings = importlib.import_module(f"softorder_{baseline.CONV_COMMIT}.orderings")
+    from softorder._conv_kernels import narrow_conv_max_pool
+    from softorder.orderings import _ReluDropoutMix, keep_mask
+
+    torch.manual_seed(0)
+    images = torch.rand(tasks, 1, 105, 105)
+    weight, bias = torch.randn(212, 1, 3, 3, requires_grad=True), torch.randn(212, requires_grad=True)
+    mixing = torch.rand(1, tasks, 4, requires_grad=True)
+
+    def now_kernel():
+        narrow_conv_max_pool(images, weight, bias, 2).sum().backward()
+
+    def old_kernel():
+        old_layers._TinyConvMaxPool.apply(images, weight, bias, 2).sum().backward()
+
+    def now_depth():
+        pre = narrow_conv_max_pool(images, weight, bias, 2).permute(0, 2, 3, 1).reshape(tasks, -1, 4, 53)  # (R, S, L, C)
+        _ReluDropoutMix.apply(pre, mixing * 2, keep_mask((1, *pre.shape), 0.5)).sum().backward()
+
+    def old_depth():
+        pre = old_layers._TinyConvMaxPool.apply(images, weight, bias, 2).reshape(tasks, 4, -1)  # (R, L, F)
+        old_orderings._ReluDropoutMix.apply(pre, mixing * 2, old_orderings.keep_mask((1, *pre.shape), 0.5)).sum().backward()
+
+    times = harness.interleaved({"conv+pool now": now_kernel, f"conv+pool {baseline.CONV_COMMIT}": old_kernel,
+                                 "whole depth now": now_depth, f"whole depth {baseline.CONV_COMMIT}": old_depth}, reps, warmup=1)
+    pooled_bytes = tasks * 212 * 52 * 52 * 4
+    fill = torch.empty(tasks * 212 * 52 * 52)
+    write_s = harness.median(harness.interleaved({"write": lambda: fill.fill_(1.0)}, 7, warmup=1)["write"])
+    ratios = {"conv+pool": harness.ratio(times, f"conv+pool {baseline.CONV_COMMIT}", "conv+pool now"),
+              "whole depth": harness.ratio(times, f"whole depth {baseline.CONV_COMMIT}", "whole depth now")}
+    table(f"soft ordering's first Omniglot depth, {tasks} images, forward + backward (pooled output {pooled_bytes / 2**20:.0f} MiB; "
+          f"writing it once takes {1e3 * write_s:.1f} ms here)", ["candidate", "median ms"], [[k, ms(v)] for k, v in times.items()])
+    table("first depth: before / now", ["part", "ratio", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
+    return {"median_ms": {k: ms(v) for k, v in times.items()}, "ratios": ratios, "pooled_bytes": pooled_bytes, "write_once_s": write_s}
+
+
 def section_omniglot50(cfg: dict) -> dict:
     """Every ordering's training step at the paper's Omniglot setting (50 alphabets, 105x105, one
     image per task, dropout 0.5): now, at commit CONV_COMMIT (before the convolution work), and the
@@ -225,6 +271,7 @@ def section_omniglot50(cfg: dict) -> dict:
     table(f"projected time of one trial of the full preset ({tasks} alphabets, {FULL_PRESET_ITERATIONS} iterations; "
           "evaluation at 1 thread)", ["method / test fraction / threads", "train h", "eval h", "total h"],
           [[k, v["train_h"], v["eval_h"], v["total_h"]] for k, v in projection.items()])
+    first_depth = section_first_depth(tasks, reps)
     regress = {f"{s} soft now": settings.workload(s, "soft").step for s in ("mnist", "celeba")}
     regress |= {f"{s} soft {baseline.CONV_COMMIT}": settings.workload(s, "soft", impl="before-conv").step for s in ("mnist", "celeba")}
     rtimes = harness.interleaved(regress, cfg["reps"], warmup=1)
@@ -232,7 +279,7 @@ def section_omniglot50(cfg: dict) -> dict:
     table(f"no regression: soft step now / at {baseline.CONV_COMMIT}", ["setting", "now ms", "before ms", "now / before"],
           [[s, ms(rtimes[f"{s} soft now"]), ms(rtimes[f"{s} soft {baseline.CONV_COMMIT}"]), regression[s]["ratio"]] for s in regression])
     return {"tasks": tasks, "median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "ratios": ratios,
-            "projection": projection, "regression_median_ms": {k: ms(v) for k, v in rtimes.items()}, "regression": regression}
+            "projection": projection, "first_depth": first_depth, "regression_median_ms": {k: ms(v) for k, v in rtimes.items()}, "regression": regression}
 
 
 def _growth_point(num_tasks: int, depth: int) -> settings.Workload:

@@ -120,7 +120,6 @@ class _PatchMaxProduct(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         w_t, out, *parts = ctx.saved_tensors
         need_w, need_parts = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:])
-        grad = grad.contiguous()
         grad_w = torch.zeros_like(w_t) if need_w else None
         grad_parts = [torch.empty_like(p) for p in parts] if need_parts else [None] * len(parts)
         scratch = _Scratch(3)
@@ -128,17 +127,18 @@ class _PatchMaxProduct(torch.autograd.Function):
         for gs, ms in _blocks(*out.shape):
             best = out[gs, ms]
             product, rest, routed = scratch.like(best)
-            rest.copy_(grad[gs, ms])  # the gradient not yet given to an earlier offset
+            remaining = grad[gs, ms]  # the gradient not yet given to an earlier offset (any strides)
             for i, part in enumerate(parts):
                 if i < last:
                     torch.bmm(part[gs, ms], w_t[gs], out=product)
                     torch.eq(product, best, out=product)
-                    torch.mul(rest, product, out=routed)
-                    rest.sub_(routed)
+                    torch.mul(remaining, product, out=routed)
+                    remaining = torch.sub(remaining, routed, out=rest)
+                    given = routed
                 else:
-                    routed = rest
+                    given = remaining
                 if need_w:
-                    grad_w[gs].baddbmm_(part[gs, ms].transpose(1, 2), routed)
+                    grad_w[gs].baddbmm_(part[gs, ms].transpose(1, 2), given)
                 if need_parts:
-                    torch.bmm(routed, w_t[gs].transpose(1, 2), out=grad_parts[i][gs, ms])
+                    torch.bmm(given, w_t[gs].transpose(1, 2), out=grad_parts[i][gs, ms])
         return (grad_w, *grad_parts)
