@@ -1,532 +1,109 @@
-"""Speed and memory of softorder, measured side by side in one run.
+"""Speed and memory of softorder, measured side by side in one run: the one entry point of benchmarks/.
 
-    python benchmarks/run.py [--quick] [--out benchmarks/results.json] [--threads 1] [--only a,b]
+    python benchmarks/run.py [--quick] [--only a,b] [--threads 1] [--out benchmarks/results/results.json] [--default-allocator]
+    python benchmarks/run.py report [benchmarks/results/results.json]
+    python benchmarks/run.py compile-check [mnist|celeba] [--reps 7] [--threads 1]
 
-``--quick`` (about 2 minutes) uses fewer repetitions, Omniglot with 10 tasks, and leaves out the
-environment section; the full run takes about 8-9 minutes on a loaded 2-CPU machine.
+Without a command it runs the benchmark: ``--quick`` (about 2 minutes) uses fewer repetitions,
+Omniglot with 10 tasks, and leaves out the environment section; the full run takes about 6 minutes
+on an idle 2-CPU machine at 1 thread (8-9 minutes on a loaded one). Sections (``--only`` picks
+some): peak, mnist, celeba, omniglot, omniglot50, growth, ablations, overhead, threads, environment.
+Every comparison interleaves its candidates (see lib/harness.py); times are medians, speeds are
+ratios of medians. Prints tables and writes every number to the JSON file.
 
-Sections (``--only`` picks some): peak, mnist, celeba, omniglot, growth, ablations, overhead,
-threads, environment. Every comparison interleaves its candidates (see harness.py); times are medians, speeds
-are ratios of medians. Prints tables and writes every number to the JSON file.
+``report`` prints a results file as the markdown tables of docs/performance.md; ``compile-check``
+measures torch.compile against eager (not a section: compiling takes a minute). The code is in
+lib/ (imported as ``lib``: Python puts this script's folder on ``sys.path``); benchmarks/README.md
+describes it all.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import torch  # noqa: E402
-
-import ablations  # noqa: E402
-import harness  # noqa: E402
-import settings  # noqa: E402
-from softorder.runtime import tune_cpu_allocator  # noqa: E402
-
+RESULTS = HERE / "results"
 SECTIONS = ("peak", "mnist", "celeba", "omniglot", "omniglot50", "growth", "ablations", "overhead", "threads", "environment")
+COMMANDS = ("report", "compile-check")  # "worker" is left out of the help: the environment section starts it
 
 
-# --- configuration ------------------------------------------------------------------------------
-
-
-def config(quick: bool) -> dict:
-    if quick:
-        return dict(reps=5, omniglot_tasks=10, omniglot_reps=2, omniglot50_tasks=10, omniglot50_reps=2, growth_tasks=[1, 4, 16, 64], growth_depths=[2, 4, 8],
-                    growth_depth_tasks=16, growth_reps=3, ablation_reps=5, thread_reps=3, overhead_reps=5, env_reps=3)
-    return dict(reps=11, omniglot_tasks=50, omniglot_reps=3, omniglot50_tasks=50, omniglot50_reps=5, growth_tasks=[1, 2, 4, 8, 16, 32, 64],
-                growth_depths=[2, 3, 4, 5, 6, 7, 8], growth_depth_tasks=16, growth_reps=5, ablation_reps=9,
-                thread_reps=5, overhead_reps=9, env_reps=7)
-
-
-def machine_info(threads: int) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": threads,
-        "blas": "MKL" if torch.backends.mkl.is_available() else "other",
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "THP_MEM_ALLOC_ENABLE")},
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-# --- printing -----------------------------------------------------------------------------------
-
-
-def table(title: str, header: list[str], rows: list[list]) -> None:
-    cells = [[str(c) for c in header]] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    print(f"\n## {title}")
-    for i, r in enumerate(cells):
-        print("  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    sys.stdout.flush()
-
-
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
-    return str(x)
-
-
-def ms(xs: list[float]) -> float:
-    return harness.median(xs) * 1e3
-
-
-# --- sections -----------------------------------------------------------------------------------
-
-
-def section_peak(cfg: dict) -> dict:
-    res = harness.mm_peak(sizes=(1024, 2048), reps=10)
-    best = max(v["best_flops_per_s"] for v in res.values())
-    table("float32 matrix-multiply peak (square torch.mm)", ["n", "best GFLOP/s", "median GFLOP/s"],
-          [[n, v["best_flops_per_s"] / 1e9, v["median_flops_per_s"] / 1e9] for n, v in res.items()])
-    return {"sizes": res, "peak_flops_per_s": best}
-
-
-def section_setting(setting: str, cfg: dict, peak: float) -> dict:
-    """Soft ordering against the typical loop and against parallel ordering, before and after."""
-    work = {
-        "loop": settings.workload(setting, "loop"),
-        "soft": settings.workload(setting, "soft"),
-        "parallel": settings.workload(setting, "parallel"),
-        "soft (before)": settings.workload(setting, "soft", impl="baseline"),
-        "parallel (before)": settings.workload(setting, "parallel", impl="baseline"),
-    }
-    flops = {k: harness.count_flops(w.step) for k, w in work.items()}
-    mm, mm_flops = harness.mm_call(1024)
-    cands = {k: w.step for k, w in work.items()}
-    cands["mm1024"] = mm
-    times = harness.interleaved(cands, cfg["reps"], warmup=1)
-    rows = []
-    for k in work:
-        rows.append([k, ms(times[k]), flops[k] / 1e9, flops[k] / harness.median(times[k]) / 1e9])
-    table(f"{setting}: one training step (forward, backward, Adam)", ["candidate", "median ms", "GFLOP", "GFLOP/s"], rows)
-
-    soft_fps = [flops["soft"] / t for t in times["soft"]]
-    mm_fps = [mm_flops / t for t in times["mm1024"]]
-    best_peak = max(peak, max(mm_fps))  # the peak section's best, or the interleaved mm's if higher
-    frac = {
-        "median_step_vs_best_peak": harness.median(soft_fps) / best_peak,
-        "best_step_vs_best_peak": max(soft_fps) / best_peak,
-        "median_round_vs_interleaved_mm": harness.median([s / m for s, m in zip(soft_fps, mm_fps)]),
-    }
-    ratios = {
-        "loop_over_soft": harness.ratio(times, "loop", "soft"),
-        "soft_over_parallel": harness.ratio(times, "soft", "parallel"),
-        "soft_before_over_after": harness.ratio(times, "soft (before)", "soft"),
-        "parallel_before_over_after": harness.ratio(times, "parallel (before)", "parallel"),
-        "loop_over_soft_before": harness.ratio(times, "loop", "soft (before)"),
-        "soft_over_parallel_before": harness.ratio(times, "soft (before)", "parallel (before)"),
-    }
-    table(f"{setting}: ratios (median of medians; median of per-round ratios)", ["ratio", "value", "per-round"],
-          [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
-    table(f"{setting}: soft ordering's FLOP/s as a fraction of the matrix-multiply peak", ["measure", "fraction"],
-          [[k, v] for k, v in frac.items()])
-    return {"median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "flops": flops,
-            "ratios": ratios, "fraction_of_peak": frac, "best_peak_flops_per_s": best_peak}
-
-
-def section_omniglot(cfg: dict) -> dict:
-    tasks = cfg["omniglot_tasks"]
-    work = {
-        "shortcut": settings.omniglot_workload(False, tasks),
-        "padded": settings.omniglot_workload(True, tasks),
-        "shortcut (before)": settings.omniglot_workload(False, tasks, impl="baseline"),
-        "padded (before)": settings.omniglot_workload(True, tasks, impl="baseline"),
-    }
-    flops = {k: harness.count_flops(w.step) for k, w in work.items()}
-    times = harness.interleaved({k: w.step for k, w in work.items()}, cfg["omniglot_reps"], warmup=0)
-    table(f"omniglot, {tasks} tasks, 105x105: one training step", ["candidate", "median ms", "GFLOP", "GFLOP/s"],
-          [[k, ms(times[k]), flops[k] / 1e9, flops[k] / harness.median(times[k]) / 1e9] for k in work])
-    ratios = {
-        "padded_over_shortcut": harness.ratio(times, "padded", "shortcut"),
-        "padded_over_shortcut_before": harness.ratio(times, "padded (before)", "shortcut (before)"),
-        "shortcut_before_over_after": harness.ratio(times, "shortcut (before)", "shortcut"),
-        "padded_before_over_after": harness.ratio(times, "padded (before)", "padded"),
-    }
-    table("omniglot: ratios", ["ratio", "value", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
-    return {"tasks": tasks, "median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "flops": flops, "ratios": ratios}
-
-
-OMNIGLOT_IMAGES = 32_460  # 1,623 characters x 20 drawings, all 50 alphabets
-FULL_PRESET_ITERATIONS = 5_000  # Fig. 6c: one drawing per alphabet per step
-FULL_PRESET_EVALUATIONS = 5  # the preset evaluates the test split every 1,000 iterations
-
-
-def _with_threads(fn, threads: int):
-    def run():
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            fn()
-        finally:
-            torch.set_num_threads(before)
-    return run
-
-
-def _eval_seconds(model, num_tasks: int, per_task: int = 5) -> float:
-    """Median seconds of one evaluation forward (no gradient) over per_task images of every task."""
-    specs = settings.omniglot_specs(num_tasks)
-    batch = {s.name: torch.rand(per_task, 1, 105, 105) for s in specs}
-    model.eval()
-    with torch.no_grad():
-        times = harness.interleaved({"eval": lambda: model(batch)}, 3, warmup=1)["eval"]
-    model.train()
-    return harness.median(times) / (per_task * num_tasks)
-
-
-def section_first_depth(tasks: int, reps: int) -> dict:
-    """Soft ordering's first Omniglot depth on its own, forward and backward: the 1-channel images
-    through the 4 x 53 filters and 2x2 pooling, then ReLU, dropout 0.5 and the mixing, now and at
-    CONV_COMMIT (its _TinyConvMaxPool and _ReluDropoutMix), with the bytes the step must move."""
-    import baseline
-
-    baseline.build_model(baseline.CONV_COMMIT)
-    import importlib
-
-    old_layers = importlib.import_module(f"softorder_{baseline.CONV_COMMIT}.layers")
-    old_orderings = importlib.import_module(f"softorder_{baseline.CONV_COMMIT}.orderings")
-    from softorder._conv_kernels import narrow_conv_max_pool
-    from softorder.orderings import _ReluDropoutMix, keep_mask
-
-    torch.manual_seed(0)
-    images = torch.rand(tasks, 1, 105, 105)
-    weight, bias = torch.randn(212, 1, 3, 3, requires_grad=True), torch.randn(212, requires_grad=True)
-    mixing = torch.rand(1, tasks, 4, requires_grad=True)
-
-    def now_kernel():
-        narrow_conv_max_pool(images, weight, bias, 2).sum().backward()
-
-    def old_kernel():
-        old_layers._TinyConvMaxPool.apply(images, weight, bias, 2).sum().backward()
-
-    def now_depth():
-        pre = narrow_conv_max_pool(images, weight, bias, 2).permute(0, 2, 3, 1).reshape(tasks, -1, 4, 53)  # (R, S, L, C)
-        _ReluDropoutMix.apply(pre, mixing * 2, keep_mask((1, *pre.shape), 0.5)).sum().backward()
-
-    def old_depth():
-        pre = old_layers._TinyConvMaxPool.apply(images, weight, bias, 2).reshape(tasks, 4, -1)  # (R, L, F)
-        old_orderings._ReluDropoutMix.apply(pre, mixing * 2, old_orderings.keep_mask((1, *pre.shape), 0.5)).sum().backward()
-
-    times = harness.interleaved({"conv+pool now": now_kernel, f"conv+pool {baseline.CONV_COMMIT}": old_kernel,
-                                 "whole depth now": now_depth, f"whole depth {baseline.CONV_COMMIT}": old_depth}, reps, warmup=1)
-    pooled_bytes = tasks * 212 * 52 * 52 * 4
-    fill = torch.empty(tasks * 212 * 52 * 52)
-    write_s = harness.median(harness.interleaved({"write": lambda: fill.fill_(1.0)}, 7, warmup=1)["write"])
-    ratios = {"conv+pool": harness.ratio(times, f"conv+pool {baseline.CONV_COMMIT}", "conv+pool now"),
-              "whole depth": harness.ratio(times, f"whole depth {baseline.CONV_COMMIT}", "whole depth now")}
-    table(f"soft ordering's first Omniglot depth, {tasks} images, forward + backward (pooled output {pooled_bytes / 2**20:.0f} MiB; "
-          f"writing it once takes {1e3 * write_s:.1f} ms here)", ["candidate", "median ms"], [[k, ms(v)] for k, v in times.items()])
-    table("first depth: before / now", ["part", "ratio", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
-    return {"median_ms": {k: ms(v) for k, v in times.items()}, "ratios": ratios, "pooled_bytes": pooled_bytes, "write_once_s": write_s}
-
-
-def section_omniglot50(cfg: dict) -> dict:
-    """Every ordering's training step at the paper's Omniglot setting (50 alphabets, 105x105, one
-    image per task, dropout 0.5): now, at commit CONV_COMMIT (before the convolution work), and the
-    plain fast PyTorch network for parallel ordering; the projected time of the full preset; and the
-    MNIST and CelebA soft steps against the same commit (no regression)."""
-    import baseline
-
-    tasks, reps = cfg["omniglot50_tasks"], cfg["omniglot50_reps"]
-    orderings = ("soft", "parallel", "permuted", "single")
-    work = {f"{o} now": settings.omniglot_ordering_workload(o, tasks) for o in orderings}
-    work |= {f"{o} {baseline.CONV_COMMIT}": settings.omniglot_ordering_workload(o, tasks, impl="before-conv") for o in orderings}
-    work["plain PyTorch (parallel's network)"] = settings.plain_omniglot_workload(tasks)
-    cands = {k: w.step for k, w in work.items()}
-    cands |= {f"{o} now, 2 threads": _with_threads(work[f"{o} now"].step, 2) for o in orderings}
-    times = harness.interleaved(cands, reps, warmup=1)
-    table(f"omniglot, {tasks} tasks, 105x105: one training step (1 thread unless named)", ["candidate", "median ms"],
-          [[k, ms(v)] for k, v in times.items()])
-    ratios = {f"{o}: {baseline.CONV_COMMIT} / now": harness.ratio(times, f"{o} {baseline.CONV_COMMIT}", f"{o} now") for o in orderings}
-    ratios["parallel now / plain PyTorch"] = harness.ratio(times, "parallel now", "plain PyTorch (parallel's network)")
-    table("omniglot: ratios", ["ratio", "value", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
-    projection = {}
-    for o in orderings:
-        per_image = _eval_seconds(work[f"{o} now"].model, tasks)
-        for fraction in (0.1, 0.2):
-            evaluate = FULL_PRESET_EVALUATIONS * round(fraction * OMNIGLOT_IMAGES) * per_image
-            for threads, key in ((1, f"{o} now"), (2, f"{o} now, 2 threads")):
-                train = FULL_PRESET_ITERATIONS * harness.median(times[key])
-                projection[f"{o}/test={fraction:g}/threads={threads}"] = {"train_h": train / 3600, "eval_h": evaluate / 3600,
-                                                                          "total_h": (train + evaluate) / 3600}
-    table(f"projected time of one trial of the full preset ({tasks} alphabets, {FULL_PRESET_ITERATIONS} iterations; "
-          "evaluation at 1 thread)", ["method / test fraction / threads", "train h", "eval h", "total h"],
-          [[k, v["train_h"], v["eval_h"], v["total_h"]] for k, v in projection.items()])
-    first_depth = section_first_depth(tasks, reps)
-    regress = {f"{s} soft now": settings.workload(s, "soft").step for s in ("mnist", "celeba")}
-    regress |= {f"{s} soft {baseline.CONV_COMMIT}": settings.workload(s, "soft", impl="before-conv").step for s in ("mnist", "celeba")}
-    rtimes = harness.interleaved(regress, cfg["reps"], warmup=1)
-    regression = {s: harness.ratio(rtimes, f"{s} soft now", f"{s} soft {baseline.CONV_COMMIT}") for s in ("mnist", "celeba")}
-    table(f"no regression: soft step now / at {baseline.CONV_COMMIT}", ["setting", "now ms", "before ms", "now / before"],
-          [[s, ms(rtimes[f"{s} soft now"]), ms(rtimes[f"{s} soft {baseline.CONV_COMMIT}"]), regression[s]["ratio"]] for s in regression])
-    return {"tasks": tasks, "median_ms": {k: ms(v) for k, v in times.items()}, "times_s": times, "ratios": ratios,
-            "projection": projection, "first_depth": first_depth, "regression_median_ms": {k: ms(v) for k, v in rtimes.items()}, "regression": regression}
-
-
-def _growth_point(num_tasks: int, depth: int) -> settings.Workload:
-    return settings.workload("mnist", "soft", num_tasks=num_tasks, depth=depth)
-
-
-def section_growth(cfg: dict) -> dict:
-    out = {}
-    for axis, points in (("tasks", cfg["growth_tasks"]), ("depth", cfg["growth_depths"])):
-        work = {}
-        for p in points:
-            t, d = (p, 4) if axis == "tasks" else (cfg["growth_depth_tasks"], p)
-            work[p] = _growth_point(t, d)
-        times = harness.interleaved({p: w.step for p, w in work.items()}, cfg["growth_reps"], warmup=1)
-        base = points[0]
-        rows, res = [], {}
-        for p, w in work.items():
-            params = list(w.model.parameters()) + list(w.model.buffers())
-            saved = harness.saved_activation_bytes(w.loss, params)
-            peak = harness.peak_allocated_bytes(w.step)
-            flops = harness.count_flops(w.step)
-            res[p] = {"median_ms": ms(times[p]), "times_s": times[p], "saved_bytes": saved, "peak_alloc_bytes": peak, "flops": flops}
-            rows.append([p, ms(times[p]), ms(times[p]) / ms(times[base]), flops / 1e9, saved / 2**20,
-                         None if peak is None else peak / 2**20])
-        label = "tasks (depth 4)" if axis == "tasks" else f"depth = layers ({cfg['growth_depth_tasks']} tasks)"
-        table(f"growth in {label}: MNIST setting, soft ordering", [axis, "median ms", f"x {axis}={base}", "GFLOP",
-              "saved for backward MiB", "peak allocated MiB"], rows)
-        out[axis] = res
-    return out
-
-
-def section_ablations(cfg: dict) -> dict:
-    """Each optimization off on its own (same model, interleaved): slowdown = off / on."""
-    out = {}
-    plans = {
-        "mnist": {
-            "bernoulli_ dropout masks": [ablations.bernoulli_masks],
-            "a random byte per mask entry (as before)": [ablations.byte_masks],
-            "unfused ReLU/dropout/mix (mul-sum mix)": ["unfused"],
-            "unfused, bmm mix (as before)": ["unfused", ablations.bmm_mixing],
-            "TaskDense gathers weights": [ablations.gathered_task_weights],
-        },
-        "celeba": {
-            "bernoulli_ dropout masks": [ablations.bernoulli_masks],
-            "a random byte per mask entry (as before)": [ablations.byte_masks],
-            "unfused ReLU/dropout/mix (mul-sum mix)": ["unfused"],
-            "unfused, bmm mix (as before)": ["unfused", ablations.bmm_mixing],
-            "rows copied per task (no forward_shared)": [ablations.repeated_rows],
-        },
-    }
-    for setting, plan in plans.items():
-        w = settings.workload(setting, "soft")
-        core = w.model.core
-        cands = {"all on": w.step}
-        for name, managers in plan.items():
-            ms_ = [(lambda c=core: ablations.unfused_depth(c)) if m == "unfused" else m for m in managers]
-            cands[name] = ablations.wrap(w.step, *ms_)
-        times = harness.interleaved(cands, cfg["ablation_reps"], warmup=1)
-        rows = [[k, ms(times[k]), harness.ratio(times, k, "all on")["ratio"]] for k in cands]
-        table(f"{setting}: optimizations switched off one at a time (soft ordering step)", ["variant", "median ms", "off / on"], rows)
-        out[setting] = {k: {"median_ms": ms(times[k]), "off_over_on": harness.ratio(times, k, "all on")} for k in cands}
-    # the conv path, on Omniglot with 10 tasks (the same code path as 50)
-    w = settings.omniglot_workload(False, 10)
-    core = w.model.core
-    cands = {
-        "all on": w.step,
-        "conv2d + pooling at the first depth (no narrow_conv_max_pool)": ablations.wrap(w.step, ablations.conv_then_pool_first_depth),
-        "unfused: conv2d, ReLU, max_pool2d, dropout, mix (as before)": ablations.wrap(w.step, lambda: ablations.unfused_depth(core)),
-        "bernoulli_ dropout masks": ablations.wrap(w.step, ablations.bernoulli_masks),
-        "a random byte per mask entry (as before)": ablations.wrap(w.step, ablations.byte_masks),
-    }
-    times = harness.interleaved(cands, max(2, cfg["ablation_reps"] // 2), warmup=1)
-    rows = [[k, ms(times[k]), harness.ratio(times, k, "all on")["ratio"]] for k in cands]
-    table("omniglot (10 tasks, shortcut): optimizations switched off one at a time", ["variant", "median ms", "off / on"], rows)
-    out["omniglot10"] = {k: {"median_ms": ms(times[k]), "off_over_on": harness.ratio(times, k, "all on")} for k in cands}
-    return out
-
-
-def section_overhead(cfg: dict) -> dict:
-    """Share of a soft-ordering step spent in the encoders (TaskDense, MultitaskModel.encode) and
-    decoders, timed on their own next to the full step."""
-    out = {}
-    for setting in ("mnist", "celeba"):
-        w = settings.workload(setting, "soft")
-        m = w.model
-        names = m.task_names
-        with torch.no_grad():
-            if isinstance(w.inputs, torch.Tensor):
-                z = m.shared_encoder(w.inputs)
-                y = m.core.forward_shared(z, torch.arange(len(names)))
-            else:
-                h, task, _, _ = m.encode(w.inputs)
-                y = m.core(h, task)
-        counts = [y.shape[0] // len(names)] * len(names)
-        yg = y.detach().requires_grad_()
-
-        def decode_fb():
-            outs = m._decode(yg, names, counts)
-            torch.stack([o.sum() for o in outs]).sum().backward()
-
-        if isinstance(w.inputs, torch.Tensor):
-            encode = lambda: m.shared_encoder(w.inputs)  # noqa: E731
-        else:
-            encode = lambda: m.encode(w.inputs)  # noqa: E731
-        times = harness.interleaved({"step": w.step, "encode (forward)": encode, "decoders (forward+backward)": decode_fb},
-                                    cfg["overhead_reps"], warmup=1)
-        step = harness.median(times["step"])
-        rows = [[k, ms(v), harness.median(v) / step] for k, v in times.items()]
-        table(f"{setting}: encoder and decoder overhead", ["part", "median ms", "share of step"], rows)
-        out[setting] = {k: {"median_ms": ms(v), "share_of_step": harness.median(v) / step} for k, v in times.items()}
-    return out
-
-
-def section_threads(cfg: dict) -> dict:
-    """The soft step with 1 and 2 intra-op threads, switched per call (torch.set_num_threads)."""
-    out = {}
-    before = torch.get_num_threads()
-    for setting in ("mnist", "celeba"):
-        w = settings.workload(setting, "soft")
-
-        def with_threads(n):
-            def run():
-                torch.set_num_threads(n)
-                try:
-                    w.step()
-                finally:
-                    torch.set_num_threads(before)
-            return run
-
-        times = harness.interleaved({"1 thread": with_threads(1), "2 threads": with_threads(2)}, cfg["thread_reps"], warmup=1)
-        table(f"{setting}: intra-op threads (soft step)", ["threads", "median ms"], [[k, ms(v)] for k, v in times.items()])
-        out[setting] = {"median_ms": {k: ms(v) for k, v in times.items()}, "two_over_one": harness.ratio(times, "2 threads", "1 thread")}
-    return out
-
-
-def section_environment(cfg: dict) -> dict:
-    """Process-wide settings, each candidate a worker process (worker.py), steps interleaved: the C
-    allocator as the ``softorder`` command tunes it (softorder.runtime) or glibc's default, and one
-    or two intra-op threads with OpenMP's default or passive waiting."""
-    import subprocess
-
-    untuned = {"SOFTORDER_TUNE_ALLOCATOR": "0"}
-    candidates = {
-        "1 thread": (1, {}),
-        "1 thread, default allocator": (1, untuned),
-        "2 threads": (2, {}),
-        "2 threads, OMP_WAIT_POLICY=PASSIVE": (2, {"OMP_WAIT_POLICY": "PASSIVE"}),
-    }
-    out = {}
-    for setting, ordering in (("mnist", "soft"), ("celeba", "soft"), ("celeba", "loop"), ("omniglot10", "soft")):
-        procs = {}
-        for name, (threads, extra) in candidates.items():
-            env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
-            env.update(extra)
-            procs[name] = subprocess.Popen([sys.executable, str(HERE / "worker.py"), str(threads)], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, text=True, env=env)
-
-        def ask(p, line):
-            p.stdin.write(line + "\n")
-            p.stdin.flush()
-            return json.loads(p.stdout.readline())
-
-        try:
-            for p in procs.values():
-                ask(p, f"build {setting} {ordering}")
-            reps = cfg["env_reps"] if setting != "omniglot10" else max(2, cfg["env_reps"] // 2)
-            times = harness.interleaved({n: (lambda p=p: None) for n, p in procs.items()}, 0)  # names only
-            for r in range(reps):
-                names = list(procs)
-                for n in names[r % len(names):] + names[: r % len(names)]:
-                    times[n].append(ask(procs[n], "step")["s"])
-        finally:
-            for p in procs.values():
-                try:
-                    p.stdin.write("quit\n")
-                    p.stdin.flush()
-                except OSError:
-                    pass
-                p.wait(timeout=60)
-        base = "1 thread"
-        rows = [[n, ms(v), harness.ratio(times, n, base)["ratio"]] for n, v in times.items()]
-        table(f"{setting} {ordering}: process settings (one worker process each)", ["setting", "median ms", f"/ {base}"], rows)
-        out[f"{setting}/{ordering}"] = {n: {"median_ms": ms(v), "over_1_thread": harness.ratio(times, n, base)} for n, v in times.items()}
-    out["candidates"] = {n: {"threads": t, "env": e} for n, (t, e) in candidates.items()}
-    return out
-
-
-# --- main ---------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    usage = ("%(prog)s [--quick] [--only SECTIONS] [--threads N] [--out FILE] [--default-allocator]\n"
+             "       %(prog)s report [FILE]\n"
+             "       %(prog)s compile-check [mnist|celeba] [--reps N] [--threads N]")
+    ap = argparse.ArgumentParser(usage=usage, description=__doc__.splitlines()[0],
+                                 epilog="See benchmarks/README.md for what each section measures and how long it takes.")
+    bench = ap.add_argument_group("the benchmark (no command)")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller Omniglot (about 1-2 minutes)")
+    bench.add_argument("--out", type=Path, default=None, metavar="FILE", help="JSON file for every number (default: benchmarks/results/results.json)")
+    bench.add_argument("--threads", type=int, default=None, metavar="N", help="intra-op threads for everything but the threads section (default 1)")
+    bench.add_argument("--default-allocator", action="store_true",
+                       help="leave glibc's allocator as it is (by default it is tuned as the softorder command tunes it)")
+    bench.add_argument("--only", default=None, metavar="SECTIONS", help=f"comma-separated sections of {','.join(SECTIONS)} "
+                       "(default: all; with --quick all but environment, which starts worker processes)")
+    sub = ap.add_subparsers(dest="command", title="commands", metavar="{" + ",".join(COMMANDS) + "}",
+                            description="instead of the benchmark, run.py can run one of these")
+    report = sub.add_parser("report", prog=f"{ap.prog} report", help="print a results JSON file as markdown tables (for docs/performance.md)",
+                            description="Markdown tables from a results JSON file written by the benchmark.")
+    report.add_argument("file", nargs="?", type=Path, default=RESULTS / "results.json", metavar="FILE",
+                        help="default: benchmarks/results/results.json")
+    check = sub.add_parser("compile-check", prog=f"{ap.prog} compile-check", help="torch.compile against eager on one setting (slow: compiling takes a minute)",
+                           description="Does torch.compile help soft ordering on this CPU? Interleaves the eager core "
+                           "with the compiled one, fused and unfused.")
+    check.add_argument("setting", nargs="?", default="mnist", choices=("mnist", "celeba"))
+    check.add_argument("--reps", type=int, default=7, metavar="N", help="interleaved rounds (default 7)")
+    check.add_argument("--threads", type=int, default=1, dest="check_threads", metavar="N",
+                       help="intra-op threads (default 1)")
+    worker = sub.add_parser("worker", prog=f"{ap.prog} worker")  # one process of the environment section, fed over a pipe (lib/worker.py)
+    worker.add_argument("worker_threads", type=int, nargs="?", default=1)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions and a smaller Omniglot (about 1-2 minutes)")
-    ap.add_argument("--out", type=Path, default=HERE / "results.json", help="JSON file for every number")
-    ap.add_argument("--threads", type=int, default=1, help="intra-op threads for everything but the threads section (default 1)")
-    ap.add_argument("--default-allocator", action="store_true",
-                    help="leave glibc's allocator as it is (by default it is tuned as the softorder command tunes it)")
-    ap.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} "
-                    "(default: all; with --quick all but environment, which starts worker processes)")
+    ap = parser()
     args = ap.parse_args(argv)
+    if args.command is not None:
+        given = [name for name, value in (("--quick", args.quick or None), ("--out", args.out), ("--threads", args.threads),
+                                          ("--default-allocator", args.default_allocator or None), ("--only", args.only))
+                 if value is not None]
+        if given:
+            ap.error(f"{', '.join(given)}: options of the benchmark run, not of the {args.command} command")
+    if args.command == "report":
+        from lib import report
+
+        report.main(args.file)
+        return 0
+    if args.command == "compile-check":
+        from lib import compile_check
+
+        compile_check.main(args.setting, args.reps, args.check_threads)
+        return 0
+    if args.command == "worker":
+        from lib import worker
+
+        worker.main(args.worker_threads)
+        return 0
+
     if args.only is None:
         args.only = ",".join(s for s in SECTIONS if not (args.quick and s == "environment"))
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown sections {unknown}; choose from {SECTIONS}")
+    from lib import sections
 
-    if any(s in only for s in ("mnist", "celeba", "omniglot", "omniglot50")):
-        import baseline
-
-        try:  # the "before" candidates are read from git: fail before any work if they cannot be
-            baseline.build_model()
-            baseline.build_model(baseline.CONV_COMMIT)
-        except baseline.BaselineUnavailable as error:
-            print(error, file=sys.stderr)
-            return 2
-    torch.set_num_threads(args.threads)
-    allocator_tuned = False if args.default_allocator else tune_cpu_allocator()
-    cfg = config(args.quick)
-    results: dict = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else argv,
-                     "quick": args.quick, "config": cfg, "machine": machine_info(args.threads),
-                     "allocator_tuned": allocator_tuned}
-    m = results["machine"]
-    print(f"# softorder benchmarks: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']}, "
-          f"{args.threads} thread(s), allocator {'tuned' if allocator_tuned else 'default'}, "
-          f"load average {m['loadavg_start'][0]:.2f}")
-    t0 = time.perf_counter()
-    peak = None
-    if "peak" in only or "mnist" in only or "celeba" in only:
-        results["peak"] = section_peak(cfg)
-        peak = results["peak"]["peak_flops_per_s"]
-    for s in ("mnist", "celeba"):
-        if s in only:
-            results[s] = section_setting(s, cfg, peak)
-    runners = {"omniglot": section_omniglot, "omniglot50": section_omniglot50, "growth": section_growth, "ablations": section_ablations,
-               "overhead": section_overhead, "threads": section_threads, "environment": section_environment}
-    for s, fn in runners.items():
-        if s in only:
-            results[s] = fn(cfg)
-            torch.set_num_threads(args.threads)
-    results["machine"]["loadavg_end"] = os.getloadavg()
-    results["wall_s"] = time.perf_counter() - t0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    print(f"\nwrote {args.out} ({results['wall_s']:.0f} s)")
-    return 0
+    command = " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]) if argv is None else argv
+    return sections.run(only, args.quick, 1 if args.threads is None else args.threads, args.default_allocator,
+                        RESULTS / "results.json" if args.out is None else args.out, command)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BrokenPipeError:  # the reader went away (run.py report | head): no traceback
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Omniglot at the paper's protocol (Fig. 6c) and the start question, trial by trial.
 #
-#   scripts/omniglot-protocol.sh soft50|others [DATA_DIR]
+#   scripts/omniglot-protocol.sh soft50|init10|others [DATA_DIR]
 #
-# soft50: soft ordering on all 50 alphabets, 105x105, 5,000 iterations: 3 seeds at 10% test, 1 at 20%.
+# soft50: soft ordering on all 50 alphabets, 105x105, 5,000 iterations: 3 seeds at 10% test, 1 at 20%
+#         (about 2 h a trial at one thread alone, more beside another trial: start it early in a session).
+# init10: the start question alone (below), shortest trials first.
 # others: the same for parallel (3 seeds at 10%, 1 at 20%), permuted and single task (1 seed at 10%),
 #         and the start question: 10 alphabets, 5,000 iterations, soft and parallel ordering with
 #         He-normal and Keras (Glorot-uniform) starts, 3 seeds each.
@@ -12,7 +14,7 @@
 # queues side by side on a two-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-queue=${1:?usage: $0 soft50|others [DATA_DIR]}
+queue=${1:?usage: $0 soft50|init10|others [DATA_DIR]}
 data=${2:-../shared/data}
 
 trial() {  # tasks fraction method init seed
@@ -29,6 +31,10 @@ case $queue in
     for seed in 0 1 2; do trial 50 0.1 soft he $seed; done
     trial 50 0.2 soft he 0
     ;;
+  init10)  # the start question first: short trials that finish inside one session
+    for init in he keras; do for seed in 0 1 2; do trial 10 0.1 parallel $init $seed; done; done
+    for seed in 0 1 2; do for init in he keras; do trial 10 0.1 soft $init $seed; done; done
+    ;;
   others)
     for seed in 0 1 2; do trial 50 0.1 parallel he $seed; done
     for init in he keras; do for seed in 0 1 2; do trial 10 0.1 parallel $init $seed; done; done
@@ -37,5 +43,5 @@ case $queue in
     trial 50 0.2 parallel he 0
     for init in he keras; do for seed in 0 1 2; do trial 10 0.1 soft $init $seed; done; done
     ;;
-  *) echo "unknown queue $queue; expected soft50 or others" >&2; exit 2 ;;
+  *) echo "unknown queue $queue; expected soft50, init10 or others" >&2; exit 2 ;;
 esac

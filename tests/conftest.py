@@ -5,6 +5,14 @@ skipped when the variable is unset.
 
 Every test runs with downloads pointed at a closed loopback port (``SOFTORDER_MIRROR``), so no test
 ever reaches the internet; tests that exercise downloads set their own mirror.
+
+Every test also runs with ``SOFTORDER_TUNE_ALLOCATOR=0``: tests call the command line's ``main`` in
+this process, and ``main`` would otherwise retune this process's allocator
+(``softorder.runtime.tune_cpu_allocator``) for every test that follows. The tests of the tuning
+itself (tests/test_runtime.py) measure it in fresh processes, without the variable.
+
+Tests that start Ray, torchrun or a fresh Python interpreter are marked ``slow`` (pyproject.toml);
+``python -m pytest -m "not slow"`` leaves them out.
 """
 
 from __future__ import annotations
@@ -32,6 +40,12 @@ def _no_internet_downloads(monkeypatch: pytest.MonkeyPatch) -> str:
     """Point every download at a closed local port: a missing file fails fast and offline."""
     monkeypatch.setenv("SOFTORDER_MIRROR", _OFFLINE_MIRROR)
     return _OFFLINE_MIRROR
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_process_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main`` leaves this process's allocator as it is (``SOFTORDER_TUNE_ALLOCATOR=0``)."""
+    monkeypatch.setenv("SOFTORDER_TUNE_ALLOCATOR", "0")
 
 
 @pytest.fixture

@@ -81,6 +81,12 @@ def test_md5_or_content_checksum_suffice(tmp_path):
         content_digest=lambda p: hashlib.sha256(p.read_bytes()[len(b"repacked"):]).hexdigest(),
     )
     verify_file(by_content, path)  # bytes differ, content matches
+    # and each is a real check: another md5, or other content, is refused
+    with pytest.raises(DataCorruptError, match=r"toy\.bin.*bytes do not match"):
+        verify_file(_spec(sha256=None, md5=hashlib.md5(PAYLOAD).hexdigest()), path)
+    other_content = _spec(content_sha256=hashlib.sha256(b"other" + PAYLOAD).hexdigest(), content_digest=by_content.content_digest)
+    with pytest.raises(DataCorruptError, match=r"toy\.bin.*neither its bytes nor its content match"):
+        verify_file(other_content, path)
 
 
 def test_atomic_path_removes_the_temporary_file_on_error(tmp_path):

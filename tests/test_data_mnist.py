@@ -164,6 +164,13 @@ def test_recompressed_copy_is_verified_by_content(tmp_path, monkeypatch):
     from softorder.data.download import verify_file
 
     verify_file(spec, path)
+    changed = bytearray(content)
+    changed[-1] ^= 1  # one label changed: the same length, other content
+    other = tmp_path / "other" / path.name  # a new path: verify_file remembers files that passed
+    other.parent.mkdir()
+    other.write_bytes(gzip.compress(bytes(changed), compresslevel=1, mtime=123))
+    with pytest.raises(DataCorruptError, match="train-labels-idx1-ubyte.gz"):
+        verify_file(spec, other)
 
 
 # ----------------------------------------------------------------------------- real data
@@ -182,7 +189,14 @@ def test_real_mnist(data_dir):
 def test_real_mnist_gz_copies_are_accepted_by_content(data_dir, tmp_path):
     (tmp_path / "mnist").mkdir()
     src = data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz"
-    shutil.copy(src, tmp_path / "mnist" / src.name)
+    copy = tmp_path / "mnist" / src.name
+    shutil.copy(src, copy)
     from softorder.data.download import verify_file
 
-    verify_file(mnist.FILES["test_labels"], tmp_path / "mnist" / src.name)
+    verify_file(mnist.FILES["test_labels"], copy)  # the same bytes
+    recompressed = gzip.compress(gzip.decompress(src.read_bytes()), compresslevel=1, mtime=123)
+    assert recompressed != src.read_bytes()
+    other = tmp_path / "other" / src.name
+    other.parent.mkdir()
+    other.write_bytes(recompressed)  # other bytes (the md5 fails), the official content
+    verify_file(mnist.FILES["test_labels"], other)

@@ -3,7 +3,8 @@ data-parallel training that equals one process training on the whole batch.
 
 The Ray tests share one local Ray (two CPUs) started in this process; the command-line tests run
 ``softorder sweep`` in a subprocess, once against that Ray (``--address``) and once starting its
-own. The synthetic experiments below stand in for the paper's presets.
+own. The synthetic experiments below stand in for the paper's presets. The tests that start Ray,
+``softorder sweep`` or torchrun are marked ``slow``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def local_ray():
         ray.shutdown()
 
 
+@pytest.mark.slow
 @needs_ray
 def test_sweep_on_ray_retries_a_failed_trial(local_ray, tmp_path):
     log = io.StringIO()
@@ -115,6 +117,7 @@ def test_sweep_on_ray_retries_a_failed_trial(local_ray, tmp_path):
     assert ray.is_initialized()  # a Ray this process started is left to it
 
 
+@pytest.mark.slow
 @needs_ray
 def test_sweep_command_reports_failures_and_restarts(local_ray, tmp_path):
     """``softorder sweep`` on a running cluster (--address), then restarted on a local Ray it starts."""
@@ -275,6 +278,7 @@ def _assert_same_history(a: list, b: list, what: str) -> None:
                 assert abs(value - rb[key]) <= TOL, f"{what}: {key} at {ra['iteration']}: {value} vs {rb[key]}"
 
 
+@pytest.mark.slow
 def test_data_parallel_under_torchrun_equals_one_process_with_the_whole_batch(tmp_path):
     """Two processes (torchrun, gloo) against one, in every scenario: the same parameters (to 1e-5)
     and history; only rank 0 writes; a resumed two-process run equals an uninterrupted one."""

@@ -284,10 +284,16 @@ def test_pixel_tasks_and_scale_override(fake_mnist: Path) -> None:
     config = get_experiment("visualize").resolve_config(True, {"width": 8})
     model = vis_mod.make_model(data.specs, config, seed=0)
     assert model.core.gate == "sigmoid" and model.core.dropout == 0.0
+    torch.manual_seed(0)
     with torch.no_grad():
         model.core.logits.normal_()
     learned = model.core.mixing().detach().clone()
     before = vis_mod.predict_image(model, "image1")
+    model.eval()
+    with torch.no_grad():
+        raw = model({"image1": coords})["image1"]
+        with vis_mod.override_scale(model, 0, 0, 1, 0.0):  # the prediction uses the overridden scale
+            assert not torch.allclose(model({"image1": coords})["image1"], raw)
     with vis_mod.override_scale(model, 0, 0, 1, 1.0):
         m = model.core.mixing()
         assert m[0, 0, 1] == 1.0

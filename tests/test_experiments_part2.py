@@ -329,9 +329,10 @@ def test_omniglot_zero_padding_shortcut_at_paper_shape(ordering):
             torch.testing.assert_close(outputs[name], model.decoders[name](y), atol=1e-5, rtol=1e-5)
 
 
-def test_omniglot_trial_records_are_written_reused_and_guarded(tmp_path):
+def test_omniglot_trial_records_are_written_reused_and_guarded(tmp_path, monkeypatch):
     """Each finished trial writes one record; a run into a new --out with the same records skips
     the trial (no training, same result); a run with other settings is refused, naming the file."""
+    import softorder.train
     from softorder.experiments.records import read_records
 
     data, records = tmp_path / "data", tmp_path / "records"
@@ -348,8 +349,16 @@ def test_omniglot_trial_records_are_written_reused_and_guarded(tmp_path):
                 "test_error_by_task", "train_seconds", "commit", "settings"} <= set(r)
         assert 0.0 <= r["result"]["dead_channel_share"] <= 1.0 and isinstance(r["result"]["collapsed"], bool)
         assert set(r["test_error_by_task"]) == set(r["result"]["tasks"])
-    again = run_experiment(get_experiment("omniglot"), tmp_path / "b", quick=True, overrides=overrides, data_dir=data)
+    written = {p.name: p.read_bytes() for p in records.iterdir()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a recorded trial was trained again")
+
+    with monkeypatch.context() as m:
+        m.setattr(softorder.train, "fit", refuse)
+        again = run_experiment(get_experiment("omniglot"), tmp_path / "b", quick=True, overrides=overrides, data_dir=data)
     means = lambda summary: {m: v["mean"] for m, v in summary["error_by_cell"]["tasks=2/test=0.1"].items()}  # noqa: E731
     assert means(again) == means(first)  # read back, not retrained
+    assert {p.name: p.read_bytes() for p in records.iterdir()} == written  # and the records left as they were
     with pytest.raises(ValueError, match=r"method=soft_init=he_iterations=4_seed=0.json was made with other settings \(lr"):
         run_experiment(get_experiment("omniglot"), tmp_path / "c", quick=True, overrides={**overrides, "lr": 0.5}, data_dir=data)

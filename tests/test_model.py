@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from softorder import MultitaskModel, SoftOrdering, TaskDense, TaskSpec, build_model
+from softorder import MultitaskModel, SoftOrdering, TaskArrays, TaskDense, TaskSpec, TensorTasks, TrainConfig, build_model, fit
 from softorder.layers import Dense, ZeroPadChannels
 from softorder.orderings import ORDERINGS
 
@@ -43,6 +43,15 @@ def test_frozen_encoders_are_not_trained():
     model = build_model(specs, encoder="frozen", width=8)
     assert not any(p is model.encoders.weight for p in model.parameters())
     assert "encoders.weight" in model.state_dict()  # still saved with the model
+    g = torch.Generator().manual_seed(0)
+    data = TensorTasks([
+        TaskArrays(s, {"train": (x, (x[:, 0] > 0.5).long())})
+        for s, x in ((s, torch.rand(20, 10, generator=g)) for s in specs)
+    ])
+    encoder, core = model.encoders.weight.clone(), [p.clone() for p in model.core.parameters()]
+    fit(model, data, TrainConfig(iterations=5, batch_size=4, lr=0.01, progress=False, eval_splits=()))
+    assert torch.equal(model.encoders.weight, encoder)  # not trained
+    assert any(not torch.equal(a, b) for a, b in zip(core, model.core.parameters()))  # while the core is
 
 
 def test_shared_encoder_gives_rows_to_every_task():
@@ -80,8 +89,14 @@ def test_gap_decoder_and_shared_linear_encoder():
     specs = [TaskSpec(f"img{i}", (2,), "regression", 1) for i in range(3)]
     model = build_model(specs, encoder="linear-shared", decoder="gap", gate="sigmoid", width=10)
     assert model.encoders["img0"] is model.encoders["img2"]
-    out = model({"img1": torch.rand(7, 2)})
+    assert model.core.gate == "sigmoid"
+    model.eval()
+    x = torch.rand(7, 2)
+    out = model({"img1": x})
     assert out["img1"].shape == (7, 1)
+    shared = model.encoders["img1"](x)  # the one linear encoder
+    core_out = model.core(shared, torch.full((7,), 1))
+    torch.testing.assert_close(out["img1"], core_out.mean(dim=1, keepdim=True))  # the decoder: the mean of the features
 
 
 def test_bad_inputs_are_named():

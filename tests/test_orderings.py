@@ -204,28 +204,34 @@ def test_layer_changing_channels_is_named():
 
 # --- the fast paths (docs/performance.md) against the reference, in training mode ---------------
 
-from softorder import orderings as orderings_mod  # noqa: E402
-from softorder._conv_kernels import narrow_conv_max_pool  # noqa: E402
-from softorder.orderings import _ReluDropoutMix, keep_mask  # noqa: E402
+from softorder._kernels import masks as masks_mod  # noqa: E402
+from softorder._kernels import keep_mask, narrow_conv_max_pool  # noqa: E402
+from softorder._kernels.mixing import _ReluDropoutMix  # noqa: E402
+from softorder._kernels import mixing as mixing_mod  # noqa: E402
 
 
 def recording_masks(monkeypatch):
     """Record every dropout keep mask the cores draw (before the fused node writes into it)."""
     drawn = []
-    original = orderings_mod.keep_mask
+    original = masks_mod.keep_mask
 
     def record(*args, **kwargs):
         m = original(*args, **kwargs)
         drawn.append(m.clone())
         return m
 
-    monkeypatch.setattr(orderings_mod, "keep_mask", record)
+    monkeypatch.setattr(masks_mod, "keep_mask", record)  # the plain path's dropout()
+    monkeypatch.setattr(mixing_mod, "keep_mask", record)  # the fused path
     return drawn
 
 
-def reference_masks(drawn, task, num_layers, p, out_shapes, channels_last):
-    """The soft core's masks (one per depth, (G, R, S, L, C)) as the reference loop's per (t, k, j):
-    channels last at S = H' * W' positions for fused conv banks, else all features at S = 1."""
+def reference_masks(drawn, task, num_layers, p, out_shapes, fused):
+    """The soft core's masks as the reference loop's per (t, k, j): for the fused path one per depth,
+    (G, R, S, L, C), channels last at S = H' * W' positions for conv banks; for the plain path one
+    per depth and layer, (N, *out_shape)."""
+    if not fused:
+        return {(t, k, j): drawn[k * num_layers + j][task == t] / (1 - p)
+                for t in task.unique().tolist() for k in range(len(out_shapes)) for j in range(num_layers)}
     masks = {}
     for k, m in enumerate(drawn):
         m = m.reshape(-1, *m.shape[2:])  # (N, S, L, C), rows in h's order
@@ -233,7 +239,7 @@ def reference_masks(drawn, task, num_layers, p, out_shapes, channels_last):
             rows = (task == t).nonzero().flatten()
             for j in range(num_layers):
                 layer = m[rows, :, j]  # (n, S, C)
-                if channels_last and len(out_shapes[k]) == 3:
+                if len(out_shapes[k]) == 3:
                     c, height, width = out_shapes[k]
                     layer = layer.reshape(len(rows), height, width, c).permute(0, 3, 1, 2)
                 masks[(t, k, j)] = layer.reshape(len(rows), *out_shapes[k]) / (1 - p)
@@ -393,7 +399,7 @@ def test_narrow_conv_pool_equals_conv_then_pool(shape, pool, groups, bias):
 
 def test_narrow_conv_pool_blocks_cover_every_row(monkeypatch):
     """Blocks smaller than a group, and larger: the same result as one block."""
-    import softorder._conv_kernels as kernels
+    import softorder._kernels.conv as kernels
 
     torch.manual_seed(15)
     h = torch.randn(4, 1, 10, 10, requires_grad=True)

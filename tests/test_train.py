@@ -92,7 +92,12 @@ def test_second_phase_switches_optimizer(tmp_path):
     ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert ckpt["state"]["phase"] == 2
     assert "alpha" in ckpt["optimizer"]["param_groups"][0]  # RMSprop's state
-    fit(small_model(data), data, {**config.to_dict(), "iterations": 70}, run_dir=tmp_path)  # resumes in phase 2
+    resumed = fit(small_model(data), data, {**config.to_dict(), "iterations": 70}, run_dir=tmp_path)  # resumes in phase 2
+    assert [r["iteration"] for r in resumed.records] == list(range(10, 71, 10))
+    assert resumed.records[-1]["phase"] == 2
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert ckpt["state"]["iteration"] == 70 and ckpt["state"]["phase"] == 2
+    assert "alpha" in ckpt["optimizer"]["param_groups"][0]  # still RMSprop
 
 
 def test_non_finite_loss_stops_with_task_and_iteration(tmp_path):
@@ -146,6 +151,11 @@ def test_batches_depend_only_on_seed_and_iteration():
     assert all(torch.equal(a.inputs[k], b.inputs[k]) for k in a.inputs)
     c = data.train_batch(8, 5, seed=1)
     assert not torch.equal(a.inputs["task0"], c.inputs["task0"])
+    d = data.train_batch(7, 5, seed=2)
+    assert not torch.equal(a.inputs["task0"], d.inputs["task0"])
+    torch.manual_seed(12345)  # the global random state plays no part
+    e = data.train_batch(7, 5, seed=1)
+    assert all(torch.equal(a.inputs[k], e.inputs[k]) and torch.equal(a.targets[k], e.targets[k]) for k in a.inputs)
 
 
 def test_worker_batches_equal_in_process_batches():

@@ -36,8 +36,15 @@ def test_new_task_learns_only_the_assembly():
     new = tiny_tasks(["z"], d=7, seed=1)
     model = assemble_for_new_tasks(trained, new.specs)
     frozen = [p.clone() for p in model.core.layers.parameters()]
+    for a, b in zip(frozen, trained.core.layers.parameters(), strict=True):
+        assert torch.equal(a, b)  # the trained layers, copied
     assert all(not p.requires_grad for p in model.core.layers.parameters())
     assert model.core.logits.requires_grad and model.core.logits.shape == (1, 3, 3)
+    assert torch.count_nonzero(model.core.logits) == 0  # the uniform start
+    # trainable: exactly the soft order, the new encoder and the new decoder
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "core.logits" in trainable and not any(n.startswith("core.layers.") for n in trainable)
+    assert trainable == {n for n, _ in model.named_parameters() if not n.startswith("core.layers.")}
     fit(model, new, TrainConfig(iterations=30, batch_size=8, progress=False, eval_splits=()))
 
     for a, b in zip(frozen, model.core.layers.parameters()):
@@ -45,8 +52,8 @@ def test_new_task_learns_only_the_assembly():
     assert not torch.equal(model.core.logits, torch.zeros_like(model.core.logits))  # the order is learned
     for k, v in trained.state_dict().items():
         assert torch.equal(v, before[k]), k  # the trained model is untouched
-    shared = sum(p.numel() for p in trained.core.layers.parameters())
-    assert trainable_parameter_count(model) < trainable_parameter_count(trained) - shared + 50
+    assert trainable_parameter_count(model) == sum(p.numel() for n, p in model.named_parameters() if not n.startswith("core.layers."))
+    assert trainable_parameter_count(model) == sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in trained.core.layers.parameters())
 
 
 def test_assemble_rejects_user_layers():

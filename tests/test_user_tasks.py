@@ -77,7 +77,10 @@ def test_train_user_tasks_end_to_end(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
     with pytest.raises(ValueError, match="unknown ordering"):
         train_user_tasks(paths, tmp_path / "run2", orderings=("diagonal",))
-    assert isinstance(csv_tasks(paths).spec("two").num_outputs, int)
+    tasks = csv_tasks(paths)
+    assert tasks.task_names == ["one", "two"]
+    assert (tasks.spec("one").kind, tasks.spec("two").kind) == ("binary", "multiclass")
+    assert tasks.spec("two").num_outputs == 3  # labels no / yes / maybe
 
 
 def test_softorder_fit_command(tmp_path, capsys):

@@ -6,7 +6,7 @@ The ordered cores (:class:`SoftOrdering`, :class:`ParallelOrdering`, :class:`Per
 the way the paper does.
 """
 
-from softorder.layers import ConvPool, Dense, GlobalAveragePool, TaskDense, ZeroPadChannels, dense_decoder, dense_encoder
+from softorder.layers import ConvPool, Dense, GlobalAveragePool, TaskDense, ZeroPadChannels, dense_decoder
 from softorder.model import MultitaskModel, build_model, make_core, make_layers
 from softorder.orderings import (
     ORDERINGS,
@@ -48,7 +48,6 @@ __all__ = [
     "assemble_for_new_tasks",
     "build_model",
     "dense_decoder",
-    "dense_encoder",
     "evaluate",
     "fit",
     "make_core",

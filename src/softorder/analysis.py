@@ -6,9 +6,10 @@ Every ordering exposes ``mixing()`` of shape (num_tasks, L, depth), so these wor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import io
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,13 +43,27 @@ def hardness(mixing: Tensor | np.ndarray) -> np.ndarray:
     return _as_array(mixing).max(axis=1)
 
 
-def _pyplot():
-    import matplotlib
+_FIGURE_KEYWORDS = ("figsize", "dpi", "layout", "constrained_layout", "tight_layout")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+    """A new figure and its axes, as ``matplotlib.pyplot.subplots`` gives them, but without pyplot:
+    no backend is chosen or changed and matplotlib keeps no reference to the figure (a plot made
+    here does not touch a user's interactive session). Figure keywords (``figsize``, ``dpi``,
+    ``layout``...) go to the figure, the rest to ``Figure.subplots``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(**{k: kwargs.pop(k) for k in _FIGURE_KEYWORDS if k in kwargs})
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (a reader never sees half a file)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _layer_labels(num_rows: int, identity_layer: bool) -> list[str]:
@@ -69,12 +84,11 @@ def plot_layer_usage(
 
     The figure of learned layer usage by depth (as the paper's Fig. 4d).
     """
-    plt = _pyplot()
     m = _as_array(mixing)[:max_tasks]
     tasks, layers, depth = m.shape
     cols = min(tasks, 4)
     rows = (tasks + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.3 * rows + 0.6), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(2.6 * cols + 0.8, 2.3 * rows + 0.6), squeeze=False)
     labels = _layer_labels(layers, identity_layer)
     image = None
     for t in range(rows * cols):
@@ -95,7 +109,7 @@ def plot_layer_usage(
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="weight of layer at depth")
     fig.suptitle(title or "Learned layer usage by depth (red: strongest path)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_usage_distribution(
@@ -106,11 +120,10 @@ def plot_usage_distribution(
     title: str | None = None,
 ) -> Path:
     """For each layer, the distribution over tasks of its weight at each depth (Fig. 6b, 7a-b)."""
-    plt = _pyplot()
     m = _as_array(mixing)
     tasks, layers, depth = m.shape
     labels = _layer_labels(layers, identity_layer)
-    fig, axes = plt.subplots(1, layers, figsize=(2.4 * layers + 0.5, 2.8), sharey=True, squeeze=False, layout="constrained")
+    fig, axes = subplots(1, layers, figsize=(2.4 * layers + 0.5, 2.8), sharey=True, squeeze=False, layout="constrained")
     for j in range(layers):
         ax = axes[0][j]
         ax.boxplot([m[:, j, k] for k in range(depth)], tick_labels=[str(k + 1) for k in range(depth)], widths=0.6)
@@ -120,16 +133,7 @@ def plot_usage_distribution(
         if j == 0:
             ax.set_ylabel(f"usage over {tasks} tasks")
     fig.suptitle(title or "Distribution of layer usage by depth", fontsize=11)
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def mixing_of(model: torch.nn.Module) -> np.ndarray:
@@ -152,7 +156,6 @@ def task_similarity(mixing: Tensor | np.ndarray) -> np.ndarray:
 
 def plot_task_similarity(mixing: Tensor | np.ndarray, task_names: Sequence[str], path: str | Path, *, title: str | None = None) -> Path:
     """Heat map of :func:`task_similarity`, tasks ordered so that similar ones sit together."""
-    plt = _pyplot()
     sim = task_similarity(mixing)
     order = np.arange(len(sim))
     if len(sim) > 2:
@@ -163,11 +166,11 @@ def plot_task_similarity(mixing: Tensor | np.ndarray, task_names: Sequence[str],
         np.fill_diagonal(dist, 0.0)
         order = leaves_list(linkage(squareform(dist, checks=False), method="average"))
     size = 0.35 * len(sim) + 2.5
-    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    fig, ax = subplots(figsize=(size + 1.0, size))
     image = ax.imshow(sim[np.ix_(order, order)], cmap="viridis", vmin=0.0, vmax=1.0)
     names = [str(task_names[i])[:20] for i in order]
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     fig.colorbar(image, ax=ax, shrink=0.8, label="cosine similarity of soft orders")
     ax.set_title(title or "Task relatedness read from learned soft orders", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

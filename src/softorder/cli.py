@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from softorder.orderings import ORDERINGS
+
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``key=value`` pairs; values are read as JSON where they parse, else kept as strings."""
@@ -138,8 +140,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-cmd_reproduce = cmd_run
-
 
 def _print_summary(summary: dict, out: Path) -> None:
     """The run's results table when the experiment writes one, else the summary's short fields."""
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("files", nargs="+", help="CSV files, one per task (named after the file)")
     fit.add_argument("--out", default="runs/fit", help="output directory (default: runs/fit)")
     fit.add_argument("--label", action="append", help="label column name or index, once for all files or once per file")
-    fit.add_argument("--ordering", action="append", choices=["single", "parallel", "permuted", "soft"], help="repeatable (default: parallel and soft)")
+    fit.add_argument("--ordering", action="append", choices=list(ORDERINGS), help="repeatable (default: parallel and soft)")
     fit.add_argument("--width", type=int, default=32)
     fit.add_argument("--depth", type=int, default=4)
     fit.add_argument("--dropout", type=float, default=0.2)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from softorder._conv_kernels import NARROW_CONTRACTION, narrow_conv_max_pool
+from softorder._kernels import POOL_COMMUTES, FusedBank, conv_pool
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -32,20 +32,37 @@ def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
+def pad_channels(h: Tensor, width: int | None) -> Tensor:
+    """Zero-pad dim 1 of ``h`` up to ``width`` channels (None, or no fewer channels: ``h`` itself)."""
+    if width is None or h.shape[1] >= width:
+        return h
+    return F.pad(h, [0, 0] * (h.dim() - 2) + [0, width - h.shape[1]])
+
+
 class Dense(nn.Module):
     """A shared dense layer ``phi(W h + b)``: (N, width) -> (N, width).
 
     An input with fewer than ``width`` features reads as zero-padded (only the first columns of W
-    are used)."""
+    are used). ``kind``, ``weight``, ``bias`` and ``phi`` are what the fused banks read."""
+
+    kind = "dense"
 
     def __init__(self, width: int, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()
         self.width, self.activation = int(width), activation
-        self._phi = activation_fn(activation)
+        self.phi = activation_fn(activation)
         self.linear = nn.Linear(width, width, bias=bias)
 
+    @property
+    def weight(self) -> Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.linear.bias
+
     def forward(self, h: Tensor) -> Tensor:
-        return self._phi(F.linear(h, self.linear.weight[:, : h.shape[1]], self.linear.bias))
+        return self.phi(F.linear(h, self.weight[:, : h.shape[1]], self.bias))
 
     def extra_repr(self) -> str:
         return f"width={self.width}, activation={self.activation!r}"
@@ -60,160 +77,36 @@ class ConvPool(nn.Module):
     core (Sec. 4.3, A.3) is four of these with C = 53, k = 3, pool = 2 and ReLU.
     """
 
+    kind = "conv"
+
     def __init__(self, channels: int, kernel_size: int = 3, pool: int = 2, activation: str = "relu") -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"ConvPool needs an odd kernel_size for same padding, got {kernel_size}")
         self.channels, self.kernel_size, self.pool, self.activation = int(channels), kernel_size, pool, activation
-        self._phi = activation_fn(activation)
+        self.phi = activation_fn(activation)
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
 
+    @property
+    def weight(self) -> Tensor:
+        return self.conv.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.conv.bias
+
     def forward(self, h: Tensor) -> Tensor:
-        pool_first = self.activation in _POOL_COMMUTES
-        y = self._phi(conv_pool(h, self.conv.weight[:, : h.shape[1]], self.conv.bias, self.pool, pool_first=pool_first))
+        pool_first = self.activation in POOL_COMMUTES
+        y = self.phi(conv_pool(h, self.weight[:, : h.shape[1]], self.bias, self.pool, pool_first=pool_first))
         return y if pool_first or self.pool == 1 else F.max_pool2d(y, self.pool)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, pool={self.pool}"
 
 
-_POOL_COMMUTES = ("relu", "identity")  # max_pool(phi(x)) == phi(max_pool(x)), in value and gradient
-
-
-def conv_pool(h: Tensor, weight: Tensor, bias: Tensor | None, pool: int, *, pool_first: bool, row_groups: int = 1) -> Tensor:
-    """``conv2d`` (same padding) then ``max_pool2d``, before the activation when ``pool_first``.
-
-    h (N, c, H, W); weight (O, c, k, k), or (G, O, c, k, k) for ``row_groups`` G equal groups of
-    rows, each with its own weights (one grouped convolution). Returns (N, O, H', W') channels-last;
-    when ``pool_first`` is False the pooling is left to the caller (H' = H). Inputs with few channels
-    (Omniglot's images) take :func:`softorder._conv_kernels.narrow_conv_max_pool`.
-    """
-    c, k = h.shape[1], weight.shape[-1]
-    if pool_first and pool > 1 and c * k * k <= NARROW_CONTRACTION:
-        return narrow_conv_max_pool(h, weight, bias, pool, row_groups)
-    h = h.contiguous(memory_format=torch.channels_last)
-    if row_groups > 1:  # rows of group g through weight[g]: groups side by side as channels
-        n = h.shape[0] // row_groups
-        stacked = h.view(row_groups, n, *h.shape[1:]).transpose(0, 1).reshape(n, row_groups * c, *h.shape[2:])
-        y = F.conv2d(stacked.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1),
-                     None if bias is None else bias.flatten(), padding=k // 2, groups=row_groups)
-        y = y.view(n, row_groups, -1, *y.shape[2:]).transpose(0, 1).flatten(0, 1)
-        y = y.contiguous(memory_format=torch.channels_last)
-    else:
-        y = F.conv2d(h, weight, bias, padding=k // 2)
-    return F.max_pool2d(y, pool) if pool_first and pool > 1 else y
-
-
-class FusedBank:
-    """All L layers of a bank applied to the same rows at once, reading the layers' own parameters.
-
-    Outputs are laid out (N, S, L, C): S positions (1 for Dense, H' * W' for ConvPool, whose
-    outputs are channels-last), L layers, C channels. ``h`` may have fewer channels (dim 1) than
-    the layers expect; the missing channels are then read as zeros without being materialised (the
-    paper's zero-padding of Omniglot inputs to 53 channels, A.3). Not an ``nn.Module``: it holds no
-    parameters of its own, only references to the modules it was built from.
-    """
-
-    def __init__(self, layers: Sequence[nn.Module]) -> None:
-        self.layers = list(layers)
-        self.kind = type(self.layers[0])
-        self.activation: str = self.layers[0].activation  # type: ignore[assignment]
-
-    def weights(self) -> tuple[Tensor, Tensor | None]:
-        """Concatenated weights (L * C, C, ...) and biases (L * C,), differentiable w.r.t. the layers."""
-        mods = [l.linear if self.kind is Dense else l.conv for l in self.layers]  # type: ignore[union-attr]
-        weight = torch.cat([m.weight for m in mods], dim=0)
-        bias = torch.cat([m.bias for m in mods], dim=0) if mods[0].bias is not None else None
-        return weight, bias
-
-    def __call__(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
-        """Every layer's output: (N, S, L, C), and the shape of one layer's output per row."""
-        first = self.layers[0]
-        y, shape = self._linear_part(h, weight, bias, pool_first=first.activation in _POOL_COMMUTES)
-        y = first._phi(y)
-        if self.kind is ConvPool and first.activation not in _POOL_COMMUTES and first.pool > 1:
-            y = F.max_pool2d(y, first.pool)
-            shape = (first.channels, *y.shape[2:])
-        return self._positions_layers_channels(y), shape
-
-    def pre_activation(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
-        """The layers' outputs before their activation: (N, S, L, C), and one layer's output shape.
-
-        For :class:`ConvPool` the max-pooling comes first: it commutes with ReLU (and the identity),
-        ``pool(relu(x)) == relu(pool(x))`` in value and in gradient, and pooling first runs the
-        activation on a quarter of the elements. Only valid for those activations.
-        """
-        y, shape = self._linear_part(h, weight, bias, pool_first=True)
-        return self._positions_layers_channels(y), shape
-
-    def _linear_part(self, h: Tensor, weight: Tensor, bias: Tensor | None, pool_first: bool) -> tuple[Tensor, tuple[int, ...]]:
-        weight = weight[:, : h.shape[1]]
-        if self.kind is Dense:
-            return F.linear(h, weight, bias), (weight.shape[0] // len(self.layers),)  # (N, L*C)
-        first = self.layers[0]
-        y = conv_pool(h, weight, bias, first.pool, pool_first=pool_first)  # (N, L*C, H', W') channels-last
-        return y, (first.channels, *y.shape[2:])
-
-    def _positions_layers_channels(self, y: Tensor) -> Tensor:
-        """(N, L*C) or channels-last (N, L*C, H', W') -> (N, S, L, C), a view where the layout allows."""
-        num_layers = len(self.layers)
-        if y.dim() == 2:
-            return y.view(y.shape[0], 1, num_layers, -1)
-        return y.permute(0, 2, 3, 1).reshape(y.shape[0], -1, num_layers, y.shape[1] // num_layers)
-
-
-def grouped_forward(copies: Sequence[nn.Module], x: Tensor) -> Tensor:
-    """Copies of one library layer (one configuration, e.g. each task's own), copy g on group g's
-    rows, all at once: one batched product (Dense) or one grouped convolution (ConvPool).
-
-    ``x`` is in the grouped layout of :func:`rows_to_grouped` and so is the result. Narrow inputs
-    read as zero-padded, as the layers themselves do."""
-    first, groups = copies[0], len(copies)
-    if isinstance(first, Dense):  # x (G * n, c) -> (G * n, C)
-        weight = torch.stack([l.linear.weight[:, : x.shape[1]] for l in copies]).transpose(1, 2)  # (G, c, C)
-        rows = x.view(groups, -1, x.shape[1])
-        bias = None if first.linear.bias is None else torch.stack([l.linear.bias for l in copies]).unsqueeze(1)
-        y = torch.bmm(rows, weight) if bias is None else torch.baddbmm(bias, rows, weight)
-        return first._phi(y).view(x.shape[0], -1)
-    assert isinstance(first, ConvPool)
-    c = x.shape[1] // groups
-    weight = torch.stack([l.conv.weight[:, :c] for l in copies])  # (G, C, c, k, k)
-    bias = torch.stack([l.conv.bias for l in copies])  # (G, C)
-    pool_first = first.activation in _POOL_COMMUTES
-    if pool_first and first.pool > 1 and c * first.kernel_size**2 <= NARROW_CONTRACTION:
-        y = rows_to_grouped(narrow_conv_max_pool(grouped_to_rows(x, groups), weight, bias, first.pool, groups), groups)
-    else:
-        y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1), bias.flatten(),
-                     padding=first.kernel_size // 2, groups=groups)
-        y = F.max_pool2d(y, first.pool) if pool_first and first.pool > 1 else y
-    y = first._phi(y)
-    return y if pool_first or first.pool == 1 else F.max_pool2d(y, first.pool)
-
-
-def rows_to_grouped(h: Tensor, groups: int) -> Tensor:
-    """Rows of G equal groups, (G * n, C, H, W), as one image of G * C channels per position in a
-    group, (n, G * C, H, W) channels-last: what a grouped convolution reads and writes. Rows of
-    dense layers, (G * n, C), stay as they are."""
-    if h.dim() == 2:
-        return h
-    _, c, height, width = h.shape
-    n = h.shape[0] // groups
-    sites = h.permute(0, 2, 3, 1).reshape(groups, n, height, width, c)  # a view for channels-last rows
-    return sites.permute(1, 2, 3, 0, 4).reshape(n, height, width, groups * c).permute(0, 3, 1, 2)
-
-
-def grouped_to_rows(x: Tensor, groups: int) -> Tensor:
-    """The inverse of :func:`rows_to_grouped`: (n, G * C, H, W) -> (G * n, C, H, W) channels-last."""
-    if x.dim() == 2:
-        return x
-    n, gc, height, width = x.shape
-    c = gc // groups
-    sites = x.permute(0, 2, 3, 1).reshape(n, height, width, groups, c)
-    return sites.permute(3, 0, 1, 2, 4).reshape(groups * n, height, width, c).permute(0, 3, 1, 2)
-
-
 def fused_bank(layers: Sequence[nn.Module]) -> FusedBank | None:
-    """A :class:`FusedBank` if every layer is a library Dense / ConvPool of one configuration, else None."""
+    """A :class:`~softorder._kernels.FusedBank` if every layer is a library Dense / ConvPool of one
+    configuration, else None: the one way into the fast paths."""
     first = layers[0]
     if type(first) is Dense:
         key = lambda l: (type(l), l.width, l.activation, l.linear.bias is None)  # noqa: E731
@@ -303,8 +196,7 @@ class ZeroPadChannels(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[1] > self.width:
             raise ValueError(f"input has {x.shape[1]} channels, more than the core's {self.width}")
-        pad = [0, 0] * (x.dim() - 2) + [0, self.width - x.shape[1]]
-        return F.pad(x, pad)
+        return pad_channels(x, self.width)
 
 
 class GlobalAveragePool(nn.Module):
@@ -312,14 +204,6 @@ class GlobalAveragePool(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return h.reshape(h.shape[0], -1).mean(dim=1, keepdim=True)
-
-
-def dense_encoder(in_features: int, width: int, *, frozen: bool = False) -> nn.Module:
-    """A dense ReLU encoder (N, *in_shape) -> (N, width); ``frozen`` fixes its random weights."""
-    enc = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU())
-    if frozen:
-        enc.requires_grad_(False)
-    return enc
 
 
 def dense_decoder(in_features: int, num_outputs: int) -> nn.Module:

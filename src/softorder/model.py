@@ -22,14 +22,7 @@ from softorder.layers import (
     ZeroPadChannels,
     dense_decoder,
 )
-from softorder.orderings import (
-    ORDERINGS,
-    OrderedCore,
-    ParallelOrdering,
-    PermutedOrdering,
-    SingleTaskCores,
-    SoftOrdering,
-)
+from softorder.orderings import OrderedCore, ordering_class
 from softorder.tasks import TaskSpec
 
 Encoders = Mapping[str, nn.Module] | TaskDense
@@ -50,7 +43,7 @@ class MultitaskModel(nn.Module):
 
     ``forward(inputs)`` takes ``{task: (n_t, *input_shape)}`` (any subset of tasks), or a single
     tensor ``(n, *input_shape)`` for a shared encoder, and returns ``{task: (n_t, num_outputs)}``
-    logits; the task's kind supplies the final activation (:meth:`TaskSpec.predict`).
+    logits (:meth:`TaskSpec.predict` turns them into probabilities or values).
     """
 
     def __init__(
@@ -187,18 +180,11 @@ def make_core(
     gate: str = "softmax",
     permutation_seed: int = 0,
 ) -> OrderedCore:
-    """An ordered core by name: 'single', 'parallel', 'permuted' or 'soft'."""
-    if ordering == "soft":
-        return SoftOrdering(make(), num_tasks, identity_layer=identity_layer, gate=gate, dropout=dropout)  # type: ignore[arg-type]
-    if identity_layer:
-        raise ValueError(f"the identity layer is part of soft ordering, not of {ordering!r} ordering")
-    if ordering == "parallel":
-        return ParallelOrdering(make(), num_tasks, dropout=dropout)
-    if ordering == "permuted":
-        return PermutedOrdering(make(), num_tasks, seed=permutation_seed, dropout=dropout)
-    if ordering == "single":
-        return SingleTaskCores(make, num_tasks, dropout=dropout)
-    raise ValueError(f"unknown ordering {ordering!r}; expected one of {ORDERINGS}")
+    """An ordered core by its name in :data:`~softorder.orderings.ORDERINGS`: 'single', 'parallel',
+    'permuted' or 'soft'."""
+    return ordering_class(ordering).from_options(
+        make, num_tasks, dropout=dropout, identity_layer=identity_layer, gate=gate, seed=permutation_seed  # type: ignore[arg-type]
+    )
 
 
 def core_output_features(kind: LayerKind, width: int, depth: int, spatial: tuple[int, ...]) -> int:
@@ -235,62 +221,63 @@ def build_model(
     never trained, Sec. 4.1), 'identity' (channels zero-padded to ``width``, Sec. 4.3),
     'linear-shared' (one linear map shared by all tasks, Sec. 5), or a module shared by all tasks
     (e.g. a CNN trunk, Sec. 4.4) whose output has ``encoder_features`` (default ``width``) features.
-    Parameters are initialised from ``seed``.
+    Parameters are initialised from ``seed``; the global random state is left as it was.
     """
-    torch.manual_seed(seed)
-    num_tasks = len(specs)
-    if num_tasks == 0:
+    if not specs:
         raise ValueError("build_model needs at least one task")
-    core = make_core(
-        ordering,
-        lambda: make_layers(layer, width, depth, activation),
-        num_tasks,
-        dropout=dropout,
-        identity_layer=identity_layer,
-        gate=gate,
-        permutation_seed=seed,
-    )
-    shapes = {s.input_shape for s in specs}
-    spatial = next(iter(shapes))[1:] if layer == "conv" else ()
-    out_features = core_output_features(layer, width, depth, tuple(spatial))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        core = make_core(
+            ordering,
+            lambda: make_layers(layer, width, depth, activation),
+            len(specs),
+            dropout=dropout,
+            identity_layer=identity_layer,
+            gate=gate,
+            permutation_seed=seed,
+        )
+        spatial = tuple(specs[0].input_shape[1:]) if layer == "conv" else ()
+        encoders, shared = _encoders(specs, encoder, width, encoder_features)
+        decoders = _decoders(specs, decoder, core_output_features(layer, width, depth, spatial))
+    return MultitaskModel(specs, core, encoders=encoders, shared_encoder=shared, decoders=decoders)
 
-    encoders: Encoders | None = None
-    shared: nn.Module | None = None
+
+def _encoders(specs: Sequence[TaskSpec], encoder: EncoderKind | nn.Module, width: int,
+              encoder_features: int | None) -> tuple[Encoders | None, nn.Module | None]:
+    """build_model's per-task encoders, or its shared encoder: (encoders, None) or (None, shared)."""
     if isinstance(encoder, nn.Module):
-        shared = encoder if encoder_features in (None, width) else nn.Sequential(encoder, nn.Linear(encoder_features, width))
-    elif encoder in ("learned", "frozen"):
+        return None, encoder if encoder_features in (None, width) else nn.Sequential(encoder, nn.Linear(encoder_features, width))
+    if encoder in ("learned", "frozen"):
+        trainable = encoder == "learned"
         flat = {math.prod(s.input_shape) for s in specs}
         if len(flat) == 1:
-            encoders = TaskDense(num_tasks, flat.pop(), width, "relu", trainable=encoder == "learned")
-        else:
-            encoders = {
-                s.name: TaskDense(1, math.prod(s.input_shape), width, "relu", trainable=encoder == "learned")
-                for s in specs
-            }
-            encoders = {n: _SingleTask(m) for n, m in encoders.items()}
-    elif encoder == "identity":
-        encoders = {s.name: ZeroPadChannels(width) for s in specs}
-    elif encoder == "linear-shared":
+            return TaskDense(len(specs), flat.pop(), width, "relu", trainable=trainable), None
+        return {s.name: _SingleTask(TaskDense(1, math.prod(s.input_shape), width, "relu", trainable=trainable)) for s in specs}, None
+    if encoder == "identity":
+        return {s.name: ZeroPadChannels(width) for s in specs}, None
+    if encoder == "linear-shared":
         in_features = {math.prod(s.input_shape) for s in specs}
         if len(in_features) != 1:
             raise ValueError("a shared encoder needs every task to have the same input shape")
         linear = nn.Sequential(nn.Flatten(), nn.Linear(in_features.pop(), width))
-        encoders = {s.name: linear for s in specs}
-    else:
-        raise ValueError(f"unknown encoder {encoder!r}")
+        return {s.name: linear for s in specs}, None
+    raise ValueError(f"unknown encoder {encoder!r}")
 
-    decoders: Decoders
+
+def _decoders(specs: Sequence[TaskSpec], decoder: DecoderKind, in_features: int) -> Decoders:
+    """build_model's decoders: one dense layer per task (one TaskDense when the output sizes match),
+    or global average pooling (one output)."""
     if decoder == "gap":
-        decoders = {s.name: GlobalAveragePool() for s in specs}
-    elif decoder == "dense":
+        wide = [s.name for s in specs if s.num_outputs != 1]
+        if wide:
+            raise ValueError(f"decoder 'gap' gives one output per task, but tasks {wide} need more; use decoder 'dense'")
+        return {s.name: GlobalAveragePool() for s in specs}
+    if decoder == "dense":
         outs = {s.num_outputs for s in specs}
         if len(outs) == 1:
-            decoders = TaskDense(num_tasks, out_features, outs.pop())
-        else:
-            decoders = {s.name: dense_decoder(out_features, s.num_outputs) for s in specs}
-    else:
-        raise ValueError(f"unknown decoder {decoder!r}; expected 'dense' or 'gap'")
-    return MultitaskModel(specs, core, encoders=encoders, shared_encoder=shared, decoders=decoders)
+            return TaskDense(len(specs), in_features, outs.pop())
+        return {s.name: dense_decoder(in_features, s.num_outputs) for s in specs}
+    raise ValueError(f"unknown decoder {decoder!r}; expected 'dense' or 'gap'")
 
 
 class _SingleTask(nn.Module):

@@ -13,146 +13,24 @@ in parallel order. No ordering loops over tasks in Python; soft ordering runs al
 depth as one product over all rows when the layers are the library's :class:`~softorder.Dense` or
 :class:`~softorder.ConvPool`, and with ReLU layers it applies the activation, dropout and the mixing
 of a depth in one autograd node that keeps a single tensor for the backward pass
-(:class:`_ReluDropoutMix`). ``forward_shared`` runs rows given to every task (a shared encoder)
+(:mod:`softorder._kernels`). ``forward_shared`` runs rows given to every task (a shared encoder)
 through the first depth once. ``docs/performance.md`` has the measurements behind these choices.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from softorder.layers import ConvPool, Dense, fused_bank, grouped_forward, grouped_to_rows, layer_width, rows_to_grouped
+from softorder._kernels import dropout, fused_soft_ordering, grouped_forward, grouped_to_rows, rows_to_grouped
+from softorder._kernels.mixing import check_identity_shape
+from softorder.layers import ConvPool, Dense, fused_bank, layer_width, pad_channels
 
 Gate = Literal["softmax", "sigmoid"]
-
-
-# --- dropout and mixing kernels ------------------------------------------------------------------
-
-
-def keep_mask(shape: Sequence[int], p: float, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
-    """Dropout's keep mask: a tensor of ``shape`` whose entries are 1 with probability ``1 - p``, else 0.
-
-    On the CPU, when ``1 - p`` is a multiple of 2**-b for b in 1, 2, 4 or 8 (p = 0.5: b = 1;
-    p = 0.25 or 0.75: b = 2; any multiple of 1/256: b = 8), each entry reads its own b random bits
-    of 32-bit draws of the global generator and is kept when they, read as an integer, are below
-    2**b (1 - p): the same distribution as ``bernoulli_(1 - p)``, exactly, at a fraction of its cost
-    (which is one double-precision draw per entry). With b < 8 every random byte is turned into
-    8 / b entries at once by a lookup in a (256, 8 / b) table. Any other ``p``, and other devices,
-    use ``bernoulli_`` as ``torch.nn.functional.dropout`` does.
-    """
-    shape = tuple(int(s) for s in shape)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    keep = 1.0 - float(p)
-    bits = _bits_per_entry(keep) if device.type == "cpu" else None
-    numel = math.prod(shape)
-    if bits is None:
-        return torch.empty(shape, device=device, dtype=dtype).bernoulli_(keep)
-    per_byte = 8 // bits
-    num_bytes = -(-numel // per_byte)
-    words = torch.randint(-(2**31), 2**31, (-(-num_bytes // 4),), dtype=torch.int32, device=device)
-    random_bytes = words.view(torch.uint8)[:num_bytes]
-    if bits == 8:
-        out = torch.empty(shape, device=device, dtype=dtype)
-        torch.lt(random_bytes.view(shape), int(keep * 256), out=out)
-        return out
-    flat = torch.empty(num_bytes * per_byte, device=device, dtype=dtype)
-    torch.index_select(_keep_table(bits, keep, dtype), 0, random_bytes.int(), out=flat.view(num_bytes, per_byte))
-    return flat[:numel].view(shape)
-
-
-def _bits_per_entry(keep: float) -> int | None:
-    """The fewest random bits b in (1, 2, 4, 8) with ``keep * 2**b`` a whole number, or None."""
-    for bits in (1, 2, 4, 8):
-        scaled = keep * 2**bits
-        if 0.0 < scaled < 2**bits and scaled == int(scaled):
-            return bits
-    return None
-
-
-@functools.cache
-def _keep_table(bits: int, keep: float, dtype: torch.dtype) -> Tensor:
-    """(256, 8 // bits): entry [v, i] is 1 when the i-th group of ``bits`` bits of byte v is below
-    ``keep * 2**bits``, else 0."""
-    values = torch.arange(256).unsqueeze(1)
-    shifts = torch.arange(0, 8, bits)
-    groups = (values >> shifts) & (2**bits - 1)  # (256, 8 // bits)
-    return (groups < int(keep * 2**bits)).to(dtype)
-
-
-def dropout(h: Tensor, p: float, training: bool) -> Tensor:
-    """``torch.nn.functional.dropout`` (entries zeroed with probability p, the rest scaled by
-    1 / (1 - p)), drawing its mask with :func:`keep_mask`."""
-    if not training or p == 0.0:
-        return h
-    if h.dim() == 4 and not h.is_contiguous() and h.is_contiguous(memory_format=torch.channels_last):
-        n, c, height, width = h.shape  # a mask in the same memory layout keeps the product channels-last
-        mask = keep_mask((n, height, width, c), p, device=h.device, dtype=h.dtype).permute(0, 3, 1, 2)
-    else:
-        mask = keep_mask(h.shape, p, device=h.device, dtype=h.dtype)
-    return h * mask.div_(1.0 - p)
-
-
-def mix(outs: Tensor, w: Tensor) -> Tensor:
-    """Weighted sum over layers: outs (..., L, C), w (..., L) -> (..., C).
-
-    An elementwise product and a sum, not a batched product of (1 x L) by (L x F) matrices: on the
-    CPU the latter (and its backward) runs as many tiny matrix products (see docs/performance.md).
-    """
-    return (outs * w.unsqueeze(-1)).sum(-2)
-
-
-class _ReluDropoutMix(torch.autograd.Function):
-    """One depth of soft ordering after the layers' products, as one autograd node.
-
-    ``pre`` (R, S, L, C): the L layers' pre-activations for R input rows at S positions (1 for dense
-    layers, H' * W' for channels-last convolutions); ``w`` (G, R, L): mixing weights (already scaled
-    by 1 / (1 - p) under dropout); ``mask`` (G, R, S, L, C) of 0/1 or None.
-    Returns ``out[g, r, s] = sum_l w[g, r, l] * relu(pre[r, s, l]) * mask[g, r, s, l]``, (G, R, S, C):
-    G groups of rows share the same R inputs (G > 1 only for rows given to every task,
-    :meth:`forward_shared`).
-
-    The backward needs only ``act = relu(pre) * mask`` (written into the mask's storage): ReLU's
-    and dropout's gradient masks are both ``act > 0`` (a dropped entry is 0, a kept one is positive
-    exactly where ReLU passes gradient), so neither the mask nor the ReLU output is kept apart.
-    """
-
-    @staticmethod
-    def forward(ctx, pre: Tensor, w: Tensor, mask: Tensor | None) -> Tensor:  # type: ignore[override]
-        if mask is None:
-            act = torch.relu(pre).unsqueeze(0)  # (1, R, S, L, C)
-        else:
-            act = mask.mul_(pre).relu_()  # (G, R, S, L, C), in place: the mask is ours
-        weight = w.unsqueeze(2).unsqueeze(-1)  # (G, R, 1, L, 1)
-        out = act[:, :, :, 0] * weight[:, :, :, 0]  # (G, R, S, C)
-        for j in range(1, act.shape[3]):
-            out.addcmul_(act[:, :, :, j], weight[:, :, :, j])
-        ctx.save_for_backward(act, w)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:  # type: ignore[override]
-        act, w = ctx.saved_tensors
-        grad_pre = grad_w = buf = None
-        g = grad.unsqueeze(3)  # (G, R, S, 1, C)
-        if ctx.needs_input_grad[1]:
-            buf = torch.mul(act, g)  # (G, R, S, L, C)
-            grad_w = buf.sum((2, 4))  # (G, R, L)
-        if ctx.needs_input_grad[0]:
-            weight = w.unsqueeze(2).unsqueeze(-1)  # (G, R, 1, L, 1)
-            grad_act = torch.mul(g, weight, out=buf) if buf is not None else g * weight  # reuses buf
-            torch.ops.aten.threshold_backward.grad_input(grad_act, act, 0, grad_input=grad_act)
-            grad_pre = grad_act.sum(0) if grad_act.shape[0] > 1 else grad_act[0]
-        return grad_pre, grad_w, None
 
 
 class OrderedCore(nn.Module):
@@ -187,6 +65,16 @@ class OrderedCore(nn.Module):
         """Weight of layer j at depth k for task t: (num_tasks, L, depth)."""
         raise NotImplementedError
 
+    @classmethod
+    def from_options(cls, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0,
+                     identity_layer: bool = False, gate: Gate = "softmax", seed: int = 0) -> OrderedCore:
+        """A core of this ordering from the options every ordering is built from by name
+        (:func:`softorder.make_core`). ``gate`` concerns soft ordering only; the identity layer, which
+        is soft ordering's, is refused elsewhere."""
+        if identity_layer:
+            raise ValueError(f"the identity layer is part of soft ordering, not of {cls.__name__}")
+        return cls(make_layers(), num_tasks, dropout=dropout)  # type: ignore[call-arg]
+
     def _check_task(self, h: Tensor, task: Tensor) -> None:
         if task.dim() != 1 or task.shape[0] != h.shape[0]:
             raise ValueError(f"task must have shape (N,) = ({h.shape[0]},), got {tuple(task.shape)}")
@@ -215,9 +103,7 @@ class OrderedCore(nn.Module):
 
     def _pad(self, h: Tensor) -> Tensor:
         """Zero-pad dim 1 of a narrow input up to the layers' width."""
-        if self.width is None or h.shape[1] >= self.width:
-            return h
-        return F.pad(h, [0, 0] * (h.dim() - 2) + [0, self.width - h.shape[1]])
+        return pad_channels(h, self.width)
 
     def _widen(self, h: Tensor) -> Tensor:
         """A narrow input as the layers will read it: as it is for the library's layers (which read
@@ -267,68 +153,39 @@ class SoftOrdering(OrderedCore):
         self.logits = nn.Parameter(torch.zeros(self.num_tasks, rows, self.depth))
         self._bank = fused_bank(self.layers)
 
+    @classmethod
+    def from_options(cls, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0,
+                     identity_layer: bool = False, gate: Gate = "softmax", seed: int = 0) -> OrderedCore:
+        return cls(make_layers(), num_tasks, identity_layer=identity_layer, gate=gate, dropout=dropout)
+
     def mixing(self) -> Tensor:
         """(num_tasks, L [+1], depth) weights: softmax over dim 1, or elementwise sigmoid."""
         return torch.softmax(self.logits, dim=1) if self.gate == "softmax" else torch.sigmoid(self.logits)
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        """Eq. 7, depth by depth: each row becomes the sum over the shared layers of its task's weight
+        for the layer times the layer's output (dropout applied), plus the identity layer's term."""
         self._check_task(h, task)
-        return self._run(h, self.mixing()[task].unsqueeze(0))  # weights (1, N, L[+1], depth)
-
-    def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
-        tasks = self._check_shared(z, tasks)
-        weights = self.mixing()[tasks].unsqueeze(1)  # (T, 1, L[+1], depth)
-        return self._run(z, weights.expand(-1, z.shape[0], -1, -1))  # the first depth runs on B rows
-
-    def _run(self, h: Tensor, weights: Tensor) -> Tensor:
-        """h (R, C, ...) and weights (G, R, L[+1], depth) -> (G * R, ...): G groups of rows share the
-        R input rows (G = 1, except for rows given to every task), each with its own weights."""
-        fused = self._bank.weights() if self._bank is not None else None  # concatenated once per forward
+        weights = self.mixing()[task]  # (N, L [+1], depth): each row's task's weights
+        p = self.dropout if self.training else 0.0
+        if self._bank is not None:  # the library's layers: the fused path, equal to the loop below
+            return fused_soft_ordering(self._bank, h, weights.unsqueeze(0), dropout=p, identity=self._pad if self.identity_layer else None)
         for k in range(self.depth):
-            if k == 1:
-                weights = weights.reshape(1, -1, *weights.shape[2:])  # (1, G * R, L[+1], depth)
-            h = self._depth(k, h, weights[:, :, :, k], fused)
+            x = self._pad(h)
+            outs = [dropout(self._apply_checked(j, x), p, self.training) for j in range(self.num_layers)]
+            h = sum(_per_row(weights[:, j, k], y) for j, y in enumerate(outs))
+            if self.identity_layer:
+                check_identity_shape(x.shape[1:], outs[0].shape[1:])
+                h = h + _per_row(weights[:, self.num_layers, k], x)
         return h
 
-    def _depth(self, k: int, h: Tensor, w: Tensor, fused: tuple[Tensor, Tensor | None] | None) -> Tensor:
-        """Depth k: h (R, C, ...), w (G, R, L[+1]) -> (G * R, C', ...).
-
-        The layers' outputs are laid out (R, S, L, C): S positions, channels last, for a fused bank
-        (convolutions then stay channels-last from depth to depth); one position holding every
-        feature for other modules."""
-        num_layers = self.num_layers
-        groups, rows = w.shape[0], h.shape[0]
-        drop = self.training and self.dropout > 0
-        sites = fused is not None
-        w_layers = w[:, :, :num_layers]
-        if drop:
-            w_layers = w_layers / (1.0 - self.dropout)  # dropout's scaling, moved onto the weights
-        if sites and self._bank.activation == "relu":  # type: ignore[union-attr]
-            pre, out_shape = self._bank.pre_activation(h, *fused)  # type: ignore[union-attr]  # (R, S, L, C)
-            mask = keep_mask((groups, *pre.shape), self.dropout, device=pre.device, dtype=pre.dtype) if drop else None
-            mixed = _ReluDropoutMix.apply(pre, w_layers, mask)  # (G, R, S, C)
-        else:
-            if sites:
-                outs, out_shape = self._bank(h, *fused)  # type: ignore[misc]  # (R, S, L, C)
-            else:
-                hp = self._pad(h)
-                outs = torch.stack([self._apply_checked(j, hp) for j in range(num_layers)], dim=1)  # (R, L, ...)
-                out_shape = tuple(outs.shape[2:])
-                outs = outs.flatten(2).unsqueeze(1)  # (R, 1, L, F)
-            outs = outs.unsqueeze(0)
-            if drop:
-                mask = keep_mask((groups, *outs.shape[1:]), self.dropout, device=outs.device, dtype=outs.dtype)
-                outs = outs * mask
-            mixed = mix(outs, w_layers.unsqueeze(2))  # (G, R, S, C)
-        if self.identity_layer:
-            hp = self._pad(h)
-            if tuple(hp.shape[1:]) != tuple(out_shape):
-                raise ValueError(
-                    f"the identity layer needs shared layers that keep the row shape; depth {k} maps "
-                    f"{tuple(hp.shape[1:])} to {tuple(out_shape)}"
-                )
-            mixed = mixed + w[:, :, num_layers, None, None] * _to_sites(hp, sites)
-        return _from_sites(mixed.flatten(0, 1), out_shape, sites)
+    def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        if self._bank is None:
+            return super().forward_shared(z, tasks)
+        tasks = self._check_shared(z, tasks)
+        weights = self.mixing()[tasks].unsqueeze(1).expand(-1, z.shape[0], -1, -1)  # (T, B, L [+1], depth)
+        p = self.dropout if self.training else 0.0  # the first depth runs once on the B rows
+        return fused_soft_ordering(self._bank, z, weights, dropout=p, identity=self._pad if self.identity_layer else None)
 
     def extra_repr(self) -> str:
         return (
@@ -337,20 +194,9 @@ class SoftOrdering(OrderedCore):
         )
 
 
-def _to_sites(h: Tensor, channels_last: bool) -> Tensor:
-    """Rows (R, C, *spatial) as (R, S, C) with channels last, or as (R, 1, F) with every feature."""
-    if channels_last:
-        return h.permute(0, *range(2, h.dim()), 1).reshape(h.shape[0], -1, h.shape[1])
-    return h.reshape(h.shape[0], 1, -1)
-
-
-def _from_sites(x: Tensor, shape: Sequence[int], channels_last: bool) -> Tensor:
-    """The inverse of :func:`_to_sites`: x (M, S, C) -> rows (M, *shape), a view (channels-last
-    memory for convolutions' outputs)."""
-    if channels_last:
-        spatial = len(shape) - 1
-        return x.view(x.shape[0], *shape[1:], shape[0]).permute(0, spatial + 1, *range(1, spatial + 1))
-    return x.view(x.shape[0], *shape)
+def _per_row(w: Tensor, y: Tensor) -> Tensor:
+    """Row n of y (N, ...) scaled by w[n]."""
+    return w.view(-1, *([1] * (y.dim() - 1))) * y
 
 
 class HardOrdering(OrderedCore):
@@ -460,12 +306,19 @@ class PermutedOrdering(HardOrdering):
                     raise ValueError(f"permutations[{t}] = {row.tolist()} is not a permutation of 0..{num_layers - 1}")
         super().__init__(layers, num_tasks, order, dropout)
 
+    @classmethod
+    def from_options(cls, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0,
+                     identity_layer: bool = False, gate: Gate = "softmax", seed: int = 0) -> OrderedCore:
+        if identity_layer:
+            raise ValueError("the identity layer is part of soft ordering, not of PermutedOrdering")
+        return cls(make_layers(), num_tasks, seed=seed, dropout=dropout)
+
 
 class SingleTaskCores(OrderedCore):
     """Single-task baseline: each task its own copy of the layers, in parallel order.
 
-    ``make_layers()`` is called once per task. ``layers`` holds task 0's copy (so ``width`` and the
-    layer count are known); ``task_layers[t]`` holds task t's. With the library's layers all tasks
+    ``make_layers()`` is called once per task; ``task_layers[t]`` holds task t's copy, and ``layers``
+    is task 0's (registered once, under ``task_layers``). With the library's layers all tasks
     run at once, one batched product or grouped convolution per depth
     (:func:`~softorder.layers.grouped_forward`; tasks with fewer rows than the largest are padded
     with zero rows); other modules run one task's rows at a time.
@@ -474,8 +327,21 @@ class SingleTaskCores(OrderedCore):
     def __init__(self, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0) -> None:
         copies = [nn.ModuleList(make_layers()) for _ in range(num_tasks)]
         super().__init__(list(copies[0]), num_tasks, None, dropout)
+        del self._modules["layers"]  # task 0's copy lives in task_layers; see the property below
         self.task_layers = nn.ModuleList(copies)
+        self._register_load_state_dict_pre_hook(_drop_duplicate_layer_keys)
         self._grouped = all(fused_bank([c[k] for c in copies]) is not None for k in range(self.num_layers))
+
+    @classmethod
+    def from_options(cls, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0,
+                     identity_layer: bool = False, gate: Gate = "softmax", seed: int = 0) -> OrderedCore:
+        if identity_layer:
+            raise ValueError("the identity layer is part of soft ordering, not of SingleTaskCores")
+        return cls(make_layers, num_tasks, dropout=dropout)
+
+    @property
+    def layers(self) -> nn.ModuleList:  # type: ignore[override]
+        return self.task_layers[0]
 
     def mixing(self) -> Tensor:
         eye = torch.eye(self.num_layers)
@@ -520,4 +386,24 @@ class SingleTaskCores(OrderedCore):
         return rows
 
 
-ORDERINGS = ("single", "parallel", "permuted", "soft")
+def _drop_duplicate_layer_keys(state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints written before task 0's layers were registered once also hold them as ``layers.*``."""
+    for key in [k for k in state_dict if k.startswith(prefix + "layers.")]:
+        del state_dict[key]
+
+
+# The registry of orderings: name -> core class, used by build_model, the command line and the presets.
+ORDERINGS: dict[str, type[OrderedCore]] = {
+    "single": SingleTaskCores,
+    "parallel": ParallelOrdering,
+    "permuted": PermutedOrdering,
+    "soft": SoftOrdering,
+}
+
+
+def ordering_class(name: str) -> type[OrderedCore]:
+    """The core class registered as ``name``; an unknown name is refused with the choices."""
+    try:
+        return ORDERINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown ordering {name!r}; expected one of {list(ORDERINGS)}") from None

@@ -9,15 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def pad_channels(h: Tensor, width: int | None) -> Tensor:
-    """Zero-pad dim 1 of ``h`` to ``width`` channels."""
-    if width is None or h.shape[1] >= width:
-        return h
-    return F.pad(h, [0, 0] * (h.dim() - 2) + [0, width - h.shape[1]])
+from softorder.layers import pad_channels
 
 
 def soft_ordering_loop(

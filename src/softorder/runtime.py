@@ -7,10 +7,14 @@ that off). ``docs/performance.md`` has the measurements.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
+from collections.abc import Iterator
+
+import torch
 
 # mallopt parameters of glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -56,3 +60,15 @@ def tune_cpu_allocator(
     ok_trim = mallopt(_M_TRIM_THRESHOLD, min(int(trim_threshold), int_max)) == 1
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, min(int(mmap_threshold), int_max)) == 1
     return ok_trim and ok_mmap
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Set torch's intra-op thread count for the block, then restore it (``None`` or 0: leave it)."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

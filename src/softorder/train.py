@@ -4,28 +4,26 @@ Each iteration draws a batch of every task, sums the tasks' losses and makes one
 default parameters unless configured). Optionally, once the summed validation loss stops improving,
 training continues with a second optimizer (the paper's CelebA runs: RMSProp, learning rate 1e-5).
 
-A run directory holds ``checkpoint.pt`` (model, optimizer, random state, iteration, history), written
-atomically, and ``history.json`` or ``history.csv``. Training batch ``i`` is a pure function of the
-seed and ``i``, and the random state (dropout) is checkpointed, so a run stopped part-way and resumed
-ends with exactly the parameters of an uninterrupted run on the CPU.
+A run directory holds the checkpoint and the history (:mod:`softorder.checkpoints`). Training batch
+``i`` is a pure function of the seed and ``i``, and the random state (dropout) is checkpointed, so a
+run stopped part-way and resumed ends with exactly the parameters of an uninterrupted run on the CPU.
 
 Data-parallel training: started in several processes (``torchrun``; see docs/distributed.md), fit()
 gives each process its share of every task's rows of each batch and sums the gradients over the
 processes (:mod:`softorder.distributed.data_parallel`), which equals one process training on the
 whole batch (up to float rounding; exactly so with dropout 0). Rank 0 alone reads and writes the
-checkpoint and the history; evaluation is split over the processes and summed.
+checkpoint and the history; evaluation is split over the processes and summed. A run in one process
+goes through the same steps with a strategy that does nothing more (``SingleProcess``).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import difflib
-import io
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +32,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from softorder._io import atomic_write_bytes, atomic_write_json
-from softorder.distributed.data_parallel import DataParallel, setup_data_parallel
+from softorder.checkpoints import CHECKPOINT_NAME, History, RunFiles, load_checkpoint
+from softorder.distributed.data_parallel import Strategy, setup_data_parallel
 from softorder.model import MultitaskModel
 from softorder.tasks import Batch, MultitaskData, mean_or_nan
 
-CHECKPOINT_NAME = "checkpoint.pt"
+__all__ = ["CHECKPOINT_NAME", "History", "TrainConfig", "TrainingDiverged", "evaluate", "fit", "load_checkpoint"]
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "rmsprop": torch.optim.RMSprop,
@@ -104,20 +103,6 @@ class TrainConfig:
         return d
 
 
-@dataclass
-class History:
-    """One record per evaluation: iteration, phase, train loss, per-task errors and losses per split."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    def series(self, key: str) -> list[float]:
-        return [r[key] for r in self.records if key in r]
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.records[-1] if self.records else {}
-
-
 # --- evaluation ---------------------------------------------------------------------------------
 
 
@@ -129,7 +114,7 @@ def evaluate(
     *,
     batch_size: int = 1024,
     device: str | torch.device = "cpu",
-    parallel: DataParallel | None = None,
+    parallel: Strategy | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-task mean error and mean loss on one split: ``{task: {"error": e, "loss": l}}``.
 
@@ -159,39 +144,6 @@ def evaluate(
     if parallel is not None:
         sums = parallel.sum_eval_counts(sums, data.task_names)
     return {n: {"error": e / c, "loss": l / c} for n, (e, l, c) in sums.items() if c > 0}
-
-
-# --- checkpoints and files ----------------------------------------------------------------------
-
-
-def save_history(path: Path, history: History) -> None:
-    """Write the history as JSON (a list of records) or CSV (one row per record), by suffix."""
-    path = Path(path)
-    if path.suffix == ".csv":
-        keys: list[str] = []
-        for r in history.records:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history.records)
-        atomic_write_bytes(path, buf.getvalue().encode())
-    else:
-        atomic_write_json(path, history.records)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (tensors and plain containers only)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -246,32 +198,6 @@ def _make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> tor
     return OPTIMIZERS[name](params, lr=lr)
 
 
-def _data_parallel_step(
-    model: MultitaskModel,
-    data: MultitaskData,
-    batch: Batch,
-    parallel: DataParallel,
-    trainable: list[nn.Parameter],
-) -> dict[str, Tensor]:
-    """Forward and backward on this process's share of ``batch``, gradients summed over processes.
-
-    Returns every task's mean loss on the whole (global) batch; the gradients in ``trainable`` are
-    those of their sum, as in one process.
-    """
-    names = list(batch.targets)
-    local, shares = parallel.shard(batch)
-    terms: dict[str, Tensor] = {}
-    if local is not None:  # a process may hold no rows (a batch smaller than the number of processes)
-        local = local.to(parallel.device)
-        outputs = model(local.inputs, list(local.targets))
-        terms = {n: shares[n] * data.spec(n).loss(outputs[n], t) for n, t in local.targets.items()}
-        torch.stack(list(terms.values())).sum().backward()
-    zero = torch.zeros((), device=parallel.device)
-    weighted = torch.stack([terms[n].detach() if n in terms else zero for n in names])
-    total = parallel.all_reduce_gradients(trainable, weighted)
-    return dict(zip(names, total))
-
-
 def fit(
     model: MultitaskModel,
     data: MultitaskData,
@@ -293,138 +219,131 @@ def fit(
     ``False`` trains this process alone. Every process must call fit with the same arguments; all of
     them return the same history (but for the timings).
     """
-    if config is None:
-        config = TrainConfig()
-    elif not isinstance(config, TrainConfig):
-        config = TrainConfig.from_dict(config)
+    config = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config or {})
     check_compatible(model, data)
-    parallel = setup_data_parallel(distributed, config.device)
-    device = parallel.device if parallel is not None else torch.device(config.device)
-    model.to(device)
-    run_path = Path(run_dir) if run_dir is not None else None
-    history_path = run_path / f"history.{config.history_format}" if run_path else None
-    ckpt_path = run_path / CHECKPOINT_NAME if run_path else None
+    strategy = setup_data_parallel(distributed, config.device)
+    run = _Run(model, data, config, strategy, RunFiles(run_dir, config.history_format), on_eval)
+    start = run.start(resume)
+    bar = tqdm(total=config.iterations, initial=start, disable=not (config.progress and strategy.is_main), desc="train", dynamic_ncols=True)
+    losses: list[float] = []
+    model.train()
+    tick = time.perf_counter()
+    try:
+        for iteration, batch in enumerate(_train_batches(data, config, start), start=start):
+            losses.append(run.train_step(batch, iteration))
+            bar.update(1)
+            done = iteration + 1
+            if done % 50 == 0:
+                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+            if done == config.iterations or (config.eval_every > 0 and done % config.eval_every == 0):
+                run.state["elapsed"] += time.perf_counter() - tick
+                run.end_period(done, sum(losses) / max(len(losses), 1))
+                losses = []
+                tick = time.perf_counter()
+    finally:
+        bar.close()
+    if not run.history.records:  # zero iterations: still report where the model stands
+        run.evaluate(start, float("nan"))
+    strategy.barrier()  # the last checkpoint is written before any process goes on
+    return run.history
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(config.optimizer, trainable, config.lr)
-    history = History()
-    state = {"iteration": 0, "phase": 1, "best_val": math.inf, "stale": 0, "elapsed": 0.0}
-    ckpt: dict[str, Any] | None = None
-    if ckpt_path is not None and resume:
-        if parallel is None:
-            ckpt = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-        else:  # rank 0 reads it and sends it: the other processes need not see the run directory
-            ckpt = parallel.from_main(lambda: load_checkpoint(ckpt_path) if ckpt_path.exists() else None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        state.update(ckpt["state"])
-        if state["phase"] == 2:
-            optimizer = _make_optimizer(config.second_optimizer or config.optimizer, trainable, config.second_lr)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if parallel is None:
-            torch.set_rng_state(ckpt["rng"])
+
+class _Run:
+    """One call of :func:`fit`: the model and its optimizer, the strategy (one process or several),
+    the evaluation state (phase, best validation loss, elapsed time) and the run's files."""
+
+    def __init__(self, model: MultitaskModel, data: MultitaskData, config: TrainConfig, strategy: Strategy,
+                 files: RunFiles, on_eval: Callable[[dict[str, Any]], None] | None) -> None:
+        self.model, self.data, self.config, self.strategy, self.files, self.on_eval = model, data, config, strategy, files, on_eval
+        model.to(strategy.device)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = _make_optimizer(config.optimizer, self.trainable, config.lr)
+        self.history = History()
+        self.state: dict[str, Any] = {"iteration": 0, "phase": 1, "best_val": math.inf, "stale": 0, "elapsed": 0.0}
+
+    def start(self, resume: bool) -> int:
+        """Continue from the checkpoint (model, optimizer, random state, history) or seed a fresh
+        run; every process starts from rank 0's parameters. Returns the first iteration to run."""
+        ckpt = self.files.load(self.strategy.from_main) if resume else None
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.state.update(ckpt["state"])
+            if self.state["phase"] == 2:
+                self.optimizer = _make_optimizer(self.config.second_optimizer or self.config.optimizer, self.trainable, self.config.second_lr)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.strategy.restore_rng(ckpt, self.config.seed, int(self.state["iteration"]))
+            self.history = History(list(ckpt["history"]))
         else:
-            parallel.restore_rng(ckpt, config.seed, int(state["iteration"]))
-        history = History(list(ckpt["history"]))
-    else:
-        torch.manual_seed(config.seed if parallel is None else parallel.seed(config.seed))
-    if parallel is not None:
-        parallel.broadcast_module(model)  # every process starts from rank 0's parameters
+            torch.manual_seed(self.strategy.seed(self.config.seed))
+        self.strategy.broadcast_module(self.model)
+        return int(self.state["iteration"])
 
-    def evaluation(iteration: int, train_loss: float) -> bool:
+    def train_step(self, batch: Batch, iteration: int) -> float:
+        """One update on ``batch`` with the tasks' losses summed (Appendix A); returns that sum."""
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self._losses_and_gradients(batch)
+        loss = torch.stack(list(losses.values())).sum()
+        if not torch.isfinite(loss):
+            name, value = next((n, v.item()) for n, v in losses.items() if not torch.isfinite(v))
+            raise TrainingDiverged(f"loss of task {name!r} is {value} at iteration {iteration}; {self.files.where_kept()}")
+        self.optimizer.step()
+        return loss.item()
+
+    def _losses_and_gradients(self, batch: Batch) -> dict[str, Tensor]:
+        """Forward and backward on this process's share of ``batch``, gradients summed over the
+        processes. Returns every task's mean loss on the whole batch; the gradients are those of
+        their sum, as in one process."""
+        names = list(batch.targets)
+        local, shares = self.strategy.shard(batch)
+        terms: dict[str, Tensor] = {}
+        if local is not None:  # a process may hold no rows (a batch smaller than the number of processes)
+            local = local.to(self.strategy.device)
+            outputs = self.model(local.inputs, list(local.targets))
+            terms = {n: shares[n] * self.data.spec(n).loss(outputs[n], t) for n, t in local.targets.items()}
+            torch.stack(list(terms.values())).sum().backward()
+        zero = torch.zeros((), device=self.strategy.device)
+        weighted = torch.stack([terms[n].detach() if n in terms else zero for n in names])
+        return dict(zip(names, self.strategy.all_reduce_gradients(self.trainable, weighted)))
+
+    def end_period(self, done: int, train_loss: float) -> None:
+        """Evaluate, switch to the second optimizer when validation stalled, write the checkpoint."""
+        if self.evaluate(done, train_loss):
+            self.optimizer = _make_optimizer(self.config.second_optimizer, self.trainable, self.config.second_lr)  # type: ignore[arg-type]
+        self.state["iteration"] = done
+        if self.files.checkpoint is None:
+            return
+        rng_ranks = self.strategy.gather_rng_states()  # every process's dropout stream, for an exact resume
+        if self.strategy.is_main:
+            extra = {"rng_ranks": rng_ranks} if rng_ranks is not None else {}
+            self.files.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
+                             "state": dict(self.state), "history": self.history.records, "config": self.config.to_dict(), **extra},
+                            self.history)
+
+    def evaluate(self, iteration: int, train_loss: float) -> bool:
         """Append a history record; True when validation loss stalled and phase 2 begins."""
+        config, state = self.config, self.state
         record: dict[str, Any] = {"iteration": iteration, "phase": state["phase"], "train_loss": train_loss}
         for split in config.eval_splits:
-            if not data.has_split(split):
+            if not self.data.has_split(split):
                 continue
-            result = evaluate(model, data, split, batch_size=config.eval_batch_size, device=device, parallel=parallel)
+            result = evaluate(self.model, self.data, split, batch_size=config.eval_batch_size, device=self.strategy.device, parallel=self.strategy)
             for name, r in result.items():
                 record[f"{split}_error/{name}"] = r["error"]
             record[f"{split}_error"] = mean_or_nan({n: r["error"] for n, r in result.items()})
             record[f"{split}_loss"] = sum(r["loss"] for r in result.values())  # A: sum over tasks
         record["elapsed_s"] = state["elapsed"]
-        history.records.append(record)
-        if on_eval is not None:
-            on_eval(record)
+        self.history.records.append(record)
+        if self.on_eval is not None:
+            self.on_eval(record)
         val_loss = record.get("val_loss")
-        if config.second_optimizer and state["phase"] == 1 and val_loss is not None:
-            if val_loss < state["best_val"]:
-                state["best_val"], state["stale"] = val_loss, 0
-            else:
-                state["stale"] += 1
-            if state["stale"] >= config.patience:
-                state["phase"] = 2
-                record["switched_optimizer"] = config.second_optimizer
-                return True
-        return False
-
-    start = int(state["iteration"])
-    show = config.progress and (parallel is None or parallel.is_main)
-    bar = tqdm(total=config.iterations, initial=start, disable=not show, desc="train", dynamic_ncols=True)
-    running, count = 0.0, 0
-    model.train()
-    tick = time.perf_counter()
-    try:
-        for iteration, batch in enumerate(_train_batches(data, config, start), start=start):
-            if parallel is not None:
-                optimizer.zero_grad(set_to_none=True)
-                losses = _data_parallel_step(model, data, batch, parallel, trainable)
-                loss = torch.stack(list(losses.values())).sum()
-            else:
-                batch = batch.to(device)
-                outputs = model(batch.inputs, list(batch.targets))
-                losses = {n: data.spec(n).loss(outputs[n], t) for n, t in batch.targets.items()}
-                loss = torch.stack(list(losses.values())).sum()
-            if not torch.isfinite(loss):
-                name, value = next((n, v.item()) for n, v in losses.items() if not torch.isfinite(v))
-                where = f"the last good checkpoint is kept in {ckpt_path}" if ckpt_path else "no checkpoint was written"
-                raise TrainingDiverged(f"loss of task {name!r} is {value} at iteration {iteration}; {where}")
-            if parallel is None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            optimizer.step()
-            running += loss.item()
-            count += 1
-            bar.update(1)
-            done = iteration + 1
-            if done % 50 == 0:
-                bar.set_postfix(loss=f"{running / count:.4f}")
-            at_eval = done == config.iterations or (config.eval_every > 0 and done % config.eval_every == 0)
-            if at_eval:
-                state["elapsed"] += time.perf_counter() - tick
-                if evaluation(done, running / max(count, 1)):
-                    optimizer = _make_optimizer(config.second_optimizer, trainable, config.second_lr)  # type: ignore[arg-type]
-                running, count = 0.0, 0
-                state["iteration"] = done
-                if ckpt_path is not None:
-                    extra: dict[str, Any] = {}
-                    if parallel is not None:  # every process's dropout stream, for an exact resume
-                        extra["rng_ranks"] = parallel.gather_rng_states()
-                    if parallel is None or parallel.is_main:
-                        save_checkpoint(
-                            ckpt_path,
-                            {
-                                "model": model.state_dict(),
-                                "optimizer": optimizer.state_dict(),
-                                "rng": torch.get_rng_state(),
-                                "state": dict(state),
-                                "history": history.records,
-                                "config": config.to_dict(),
-                                **extra,
-                            },
-                        )
-                        save_history(history_path, history)  # type: ignore[arg-type]
-                tick = time.perf_counter()
-    finally:
-        bar.close()
-    if not history.records:  # zero iterations: still report where the model stands
-        evaluation(start, float("nan"))
-    if parallel is not None:
-        parallel.barrier()  # the last checkpoint is written before any process goes on
-    return history
-
-
-def mixing_snapshot(model: MultitaskModel) -> list:
-    """The core's mixing weights as nested lists (num_tasks x L x depth), for history records."""
-    with torch.no_grad():
-        return model.core.mixing().cpu().tolist()
+        if not (config.second_optimizer and state["phase"] == 1 and val_loss is not None):
+            return False
+        if val_loss < state["best_val"]:
+            state["best_val"], state["stale"] = val_loss, 0
+        else:
+            state["stale"] += 1
+        if state["stale"] < config.patience:
+            return False
+        state["phase"] = 2
+        record["switched_optimizer"] = config.second_optimizer
+        return True

@@ -10,16 +10,28 @@
 See docs/distributed.md.
 """
 
-from softorder.distributed.data_parallel import DataParallel, init_process_group, setup_data_parallel
-from softorder.distributed.sweep import ray_available, ray_executor, sweep_executor
-from softorder.distributed.torchrun import run_experiment_data_parallel
+from __future__ import annotations
 
-__all__ = [
-    "DataParallel",
-    "init_process_group",
-    "ray_available",
-    "ray_executor",
-    "run_experiment_data_parallel",
-    "setup_data_parallel",
-    "sweep_executor",
-]
+import importlib
+from typing import Any
+
+# Loaded when first used: importing softorder (whose training loop uses data_parallel) must not load
+# the launchers, which load the experiment framework and, for sweeps, Ray.
+_WHERE = {
+    "DataParallel": "data_parallel",
+    "SingleProcess": "data_parallel",
+    "init_process_group": "data_parallel",
+    "setup_data_parallel": "data_parallel",
+    "ray_available": "sweep",
+    "ray_executor": "sweep",
+    "sweep_executor": "sweep",
+    "run_experiment_data_parallel": "torchrun",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -248,16 +248,58 @@ class DataParallel:
             dist.barrier()
 
 
-def setup_data_parallel(distributed: bool | None, device: str | torch.device) -> DataParallel | None:
-    """This process's :class:`DataParallel`, or ``None`` to train as a single process.
+@dataclass
+class SingleProcess:
+    """The strategy of a run in one process: every method of :class:`DataParallel`, doing nothing
+    beyond what one process does anyway, so that :func:`softorder.train.fit` has one code path."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    is_main: bool = True
+
+    def seed(self, seed: int) -> int:
+        return int(seed)
+
+    def shard(self, batch: Batch) -> tuple[Batch | None, dict[str, float]]:
+        return batch, {name: 1.0 for name in batch.targets}
+
+    def all_reduce_gradients(self, params: Sequence[nn.Parameter], task_losses: Tensor) -> Tensor:
+        return task_losses
+
+    def sum_eval_counts(self, sums: Mapping[str, list[float]], names: Sequence[str]) -> dict[str, list[float]]:
+        return dict(sums)
+
+    def from_main(self, make: Callable[[], T]) -> T:
+        return make()
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        pass
+
+    def gather_rng_states(self) -> None:
+        return None
+
+    def restore_rng(self, checkpoint: Mapping[str, Any], seed: int, iteration: int) -> None:
+        torch.set_rng_state(checkpoint["rng"])
+
+    def barrier(self) -> None:
+        pass
+
+
+Strategy = DataParallel | SingleProcess
+
+
+def setup_data_parallel(distributed: bool | None, device: str | torch.device) -> Strategy:
+    """This process's :class:`DataParallel`, or a :class:`SingleProcess` to train alone.
 
     ``distributed``: ``None`` detects a run of several processes (an initialised process group, or
     torchrun's ``WORLD_SIZE`` > 1, which initialises the group); ``True`` requires one; ``False``
     never distributes. A group of one process trains as a single process. On CUDA, a device without
     an index becomes ``cuda:LOCAL_RANK``.
     """
+    single = SingleProcess(torch.device(device))
     if distributed is False:
-        return None
+        return single
     import torch.distributed as dist
 
     available = dist.is_available()
@@ -269,10 +311,10 @@ def setup_data_parallel(distributed: bool | None, device: str | torch.device) ->
                 "distributed training needs several processes: start them with torchrun "
                 "(e.g. torchrun --nproc_per_node 2 -m softorder.distributed ...) or initialise torch.distributed"
             )
-        return None
+        return single
     world = dist.get_world_size()
     if world == 1:
-        return None
+        return single
     rank = dist.get_rank()
     dev = torch.device(device)
     if dev.type == "cuda":

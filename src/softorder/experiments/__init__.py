@@ -32,12 +32,3 @@ def get_experiment(name: str) -> Experiment:
             raise KeyError(f"experiment {name!r} is not implemented in this version") from None
         raise
     return module.EXPERIMENT
-
-
-def available() -> list[str]:
-    """Names of the presets whose modules exist."""
-    names = []
-    for name, module in PRESETS.items():
-        if importlib.util.find_spec(f"softorder.experiments.{module}") is not None:
-            names.append(name)
-    return names

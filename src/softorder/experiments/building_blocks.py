@@ -101,12 +101,11 @@ class BuildingBlocks(Experiment):
 
 
 def _plot(per_task: dict[str, dict[str, dict[str, float]]], overall: dict[str, dict[str, float]], path: Path) -> None:
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
     tasks = list(per_task) + ["mean"]
     colors = {"learned-blocks": "tab:blue", "random-blocks": "tab:gray", "single-task": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(1.1 * len(tasks) + 2, 3.4))
+    fig, ax = subplots(figsize=(1.1 * len(tasks) + 2, 3.4))
     x = np.arange(len(tasks))
     for i, cond in enumerate(CONDITIONS):
         stats = [per_task[t][cond] for t in per_task] + [overall[cond]]
@@ -118,7 +117,7 @@ def _plot(per_task: dict[str, dict[str, dict[str, float]]], overall: dict[str, d
     ax.set_ylabel("held-out validation error (%), 95% CI")
     ax.set_title("A new task from frozen shared layers: learned vs random blocks", fontsize=10)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 EXPERIMENT = BuildingBlocks()

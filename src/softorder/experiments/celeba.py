@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
+from softorder.orderings import ORDERINGS
 
 PAPER_METHODS = ("parallel", "soft", "soft+landmarks", "soft+identity")
 LABELS = {
@@ -54,7 +55,7 @@ def parse_method(method: str) -> dict[str, Any]:
     """``"soft+identity+landmarks"`` -> ``{"ordering": "soft", "identity_layer": True, "landmarks": True}``."""
     parts = [p.strip() for p in str(method).split("+")]
     ordering, flags = parts[0], set(parts[1:])
-    if ordering not in ("single", "parallel", "permuted", "soft"):
+    if ordering not in ORDERINGS:
         raise ValueError(f"celeba: method {method!r} must start with an ordering (parallel, soft, permuted, single)")
     unknown = flags - {"landmarks", "identity"}
     if unknown or len(flags) != len(parts) - 1:
@@ -112,8 +113,6 @@ class CelebAExperiment(Experiment):
         from softorder.train import TrainConfig, evaluate, fit
         from softorder.trunks import build_trunk
 
-        if config.get("threads"):
-            torch.set_num_threads(int(config["threads"]))
         method, seed = trial.params["method"], int(trial.params["trial"])
         spec = parse_method(method)
         if spec["landmarks"] and config["available_only"] and not celeba.LANDMARKS_FILE.path(resolve_data_dir(data_dir)).is_file():
@@ -230,10 +229,9 @@ class CelebAExperiment(Experiment):
 
 def _plot_usage(usage: Mapping[str, tuple[np.ndarray, bool]], path: Path) -> Path:
     """Mean weight of each layer at each depth over the tasks, one panel per model (Fig. 7a-b)."""
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(usage), figsize=(5.0 * len(usage), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(usage), figsize=(5.0 * len(usage), 3.6), squeeze=False)
     fig.subplots_adjust(wspace=0.38)
     for ax, (m, (mixing, identity)) in zip(axes[0], usage.items()):
         mean = mixing.mean(axis=0)  # (L[+1], depth)
@@ -251,13 +249,12 @@ def _plot_usage(usage: Mapping[str, tuple[np.ndarray, bool]], path: Path) -> Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best", framealpha=0.6)
     fig.suptitle("CelebA: layer usage by depth without and with the identity layer (cf. Fig. 7a-b)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_table(table: Mapping[str, Any], config: Mapping[str, Any], path: Path, skipped: set[str] = frozenset()) -> Path:
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
     rows, cells = [], []
     for name, value in PAPER_TABLE.items():
         ours = table.get(name)
@@ -271,7 +268,7 @@ def _plot_table(table: Mapping[str, Any], config: Mapping[str, Any], path: Path,
         if name not in PAPER_TABLE:
             rows.append(name)
             cells.append([f"{100 * ours['mean']:.2f}", "-"])
-    fig, ax = plt.subplots(figsize=(7.4, 0.4 * len(rows) + 1.3))
+    fig, ax = subplots(figsize=(7.4, 0.4 * len(rows) + 1.3))
     ax.axis("off")
     cols = [f"ours: {config['trunk']}, {config['image_size']}px", "paper: ResNet-50 (ImageNet), 224px"]
     tab = ax.table(cellText=cells, rowLabels=rows, colLabels=cols, loc="center", cellLoc="center")
@@ -280,7 +277,7 @@ def _plot_table(table: Mapping[str, Any], config: Mapping[str, Any], path: Path,
     tab.scale(1.0, 1.4)
     smoke = " - smoke run on a partial download" if config["available_only"] else ""
     ax.set_title(f"CelebA: mean test error over the attributes (%) (cf. Fig. 7c){smoke}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 EXPERIMENT = CelebAExperiment()

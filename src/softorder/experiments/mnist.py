@@ -29,12 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from softorder.analysis import mixing_of
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 from softorder.layers import TaskDense
 from softorder.model import build_model
-from softorder.train import TrainConfig, fit, mixing_snapshot
+from softorder.train import TrainConfig, fit
+from softorder.orderings import ORDERINGS
 
-METHODS = ("single", "parallel", "permuted", "soft")
+METHODS = tuple(ORDERINGS)
 LABELS = {"single": "single task", "parallel": "parallel ordering", "permuted": "permuted ordering", "soft": "soft ordering"}
 COLORS = {"single": "tab:gray", "parallel": "tab:blue", "permuted": "tab:red", "soft": "tab:green"}
 IMAGE_PIXELS = 784
@@ -132,12 +134,9 @@ class Mnist(Experiment):
 
         def record_mixing(record: dict[str, Any]) -> None:
             if method == "soft":  # stored in the history record itself, so it survives a resume
-                record["mixing"] = mixing_snapshot(model)
+                record["mixing"] = mixing_of(model).tolist()
 
-        from softorder.experiments.random_tasks import torch_threads
-
-        with torch_threads(config.get("threads")):
-            history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, also=record_mixing))
+        history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, also=record_mixing))
         last = history.last
         result: dict[str, Any] = {
             "num_tasks": num_tasks,
@@ -151,7 +150,7 @@ class Mnist(Experiment):
             "task_names": data.task_names,
         }
         if method == "soft":
-            result["final_mixing"] = mixing_snapshot(model)
+            result["final_mixing"] = mixing_of(model).tolist()
             if trace:
                 result["mixing_trace"] = [[r["iteration"], r["mixing"]] for r in history.records if "mixing" in r]
         return result
@@ -232,13 +231,12 @@ def _band(ax, xs, stats, **kw):
 
 def plot_relative(config, error, relative, path: Path) -> Path | None:
     """(a) relative performance to parallel ordering by number of tasks; and the test errors."""
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
     counts = [int(T) for T in config["task_counts"]]
     if not any(error[str(T)].get(m, {}).get("n") for T in counts for m in config["methods"]):
         return None
-    plt = _pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 3.9))
+    fig, (ax, bx) = subplots(1, 2, figsize=(10.5, 3.9))
     for method in config["methods"]:
         if method == "parallel":
             continue
@@ -275,19 +273,20 @@ def plot_relative(config, error, relative, path: Path) -> Path | None:
         fontsize=11,
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trace(iters: np.ndarray, mix: np.ndarray, rep: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """(b) layer-wise distance between the two tasks' weights, (c) the largest weight, by iteration."""
-    from softorder.analysis import _pyplot, _save
+    import matplotlib
 
-    plt = _pyplot()
+    from softorder.analysis import save_figure, subplots
+
     _, tasks, layers, depth = mix.shape
     dist = np.linalg.norm(mix[:, 0] - mix[:, 1], axis=1) if tasks > 1 else np.zeros((len(iters), depth))  # (evals, depth)
     hard = mix.max(axis=2)  # (evals, tasks, depth)
-    cmap = plt.get_cmap("viridis")
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    cmap = matplotlib.colormaps["viridis"]
+    fig, (ax, bx) = subplots(1, 2, figsize=(10.5, 3.8))
     for k in range(depth):
         ax.plot(iters, dist[:, k], color=cmap(k / max(depth - 1, 1)), lw=1.6, label=f"depth {k + 1}")
     ax.set_xlabel("iteration")
@@ -310,7 +309,7 @@ def plot_trace(iters: np.ndarray, mix: np.ndarray, rep: Mapping[str, Any], out_d
     pairs = ", ".join(f"{a} vs {b}" for a, b in rep["pairs"])
     fig.suptitle(f"Soft ordering on two MNIST tasks ({pairs}; trial {rep['trial']})", fontsize=11)
     fig.tight_layout()
-    return [_save(fig, out_dir / "mnist_soft_trace.png")]
+    return [save_figure(fig, out_dir / "mnist_soft_trace.png")]
 
 
 EXPERIMENT = Mnist()

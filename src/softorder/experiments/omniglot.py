@@ -38,8 +38,9 @@ import torch
 
 from softorder.experiments.records import read_record, record_path, source_commit, write_record
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
+from softorder.orderings import ORDERINGS
 
-METHODS = ("single", "parallel", "permuted", "soft")
+METHODS = tuple(ORDERINGS)
 INITS = ("keras", "he", "torch")
 LABELS = {"single": "single task", "parallel": "parallel ordering", "permuted": "permuted ordering", "soft": "soft ordering"}
 COLORS = {"single": "tab:gray", "parallel": "tab:blue", "permuted": "tab:green", "soft": "tab:red"}
@@ -134,8 +135,6 @@ class OmniglotExperiment(Experiment):
         from softorder.model import build_model
         from softorder.train import TrainConfig, fit
 
-        if config.get("threads"):
-            torch.set_num_threads(int(config["threads"]))
         p = trial.params
         seed = int(p["trial"])
         data = omniglot.omniglot_tasks(
@@ -157,7 +156,7 @@ class OmniglotExperiment(Experiment):
             seed=seed,
         )
         if config["init"] != "torch":
-            reinit_layers(model, he_conv=config["init"] == "he")  # continues build_model's seeded stream: reproducible
+            reinit_layers(model, he_conv=config["init"] == "he", generator=torch.Generator().manual_seed(seed))
         device = config["device"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -299,7 +298,7 @@ def dead_channel_share(model: torch.nn.Module, data: Any, device: str, per_task:
     return float((peak <= 0).float().mean())
 
 
-def reinit_layers(model: torch.nn.Module, he_conv: bool = False) -> None:
+def reinit_layers(model: torch.nn.Module, he_conv: bool = False, generator: torch.Generator | None = None) -> None:
     """Re-initialise the shared convolutions (and any ``nn.Linear``) as Keras does by default:
     Glorot-uniform weights and zero biases; with ``he_conv`` the convolutions' weights are He-normal
     (``N(0, 2 / fan_in)``) instead. The per-task decoders keep their start (uniform in
@@ -311,18 +310,17 @@ def reinit_layers(model: torch.nn.Module, he_conv: bool = False) -> None:
     for module in model.modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
             if he_conv and isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
             else:
-                torch.nn.init.xavier_uniform_(module.weight)
+                torch.nn.init.xavier_uniform_(module.weight, generator=generator)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
 
 
 def _plot_by_tasks(by_tasks: Mapping[str, Sequence[tuple[int, Any]]], fraction: float, side: int, path: Path) -> Path:
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = subplots(figsize=(5.6, 3.8))
     for m, series in by_tasks.items():
         pts = [(k, s) for k, s in series if s]
         if not pts:
@@ -335,7 +333,7 @@ def _plot_by_tasks(by_tasks: Mapping[str, Sequence[tuple[int, Any]]], fraction: 
     ks_all = sorted({k for series in by_tasks.values() for k, _ in series})
     ax.set_xticks(ks_all, [str(k) for k in ks_all])
     _label_error_axes(ax, "number of tasks trained jointly (first k of the paper's order)", fraction, f"Omniglot, {side}x{side} input: error by number of tasks (cf. Fig. 6a)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label_error_axes(ax: Any, xlabel: str, fraction: float, title: str) -> None:
@@ -349,10 +347,9 @@ def _label_error_axes(ax: Any, xlabel: str, fraction: float, title: str) -> None
 def _plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], kmax: int, fraction: float, side: int, path: Path) -> Path:
     """Mean test error by iteration for each method (``curves[method]``: its trials' results), with
     the 95% CI over trials as a band where there are two or more."""
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = subplots(figsize=(5.6, 3.8))
     for m, runs in curves.items():
         if not runs:
             continue
@@ -365,7 +362,7 @@ def _plot_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], kmax: int, f
             ci = 100 * np.nan_to_num(np.array([st["ci95"] for st in stats]))
             ax.fill_between(its, y - ci, y + ci, color=COLORS[m], alpha=0.2, lw=0)
     _label_error_axes(ax, "iteration (one drawing of every task each)", fraction, f"Omniglot, first {kmax} alphabets, {side}x{side} input: test error by iteration")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _cell(s: Mapping[str, Any] | None, std: bool = True) -> str:
@@ -378,9 +375,8 @@ def _cell(s: Mapping[str, Any] | None, std: bool = True) -> str:
 
 
 def _plot_table(table: Mapping[str, Mapping[str, Any]], kmax: int, side: int, path: Path) -> Path:
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
     fractions = list(table)
     rows, cells = [], []
     for m in PAPER_TABLE:
@@ -389,14 +385,14 @@ def _plot_table(table: Mapping[str, Mapping[str, Any]], kmax: int, side: int, pa
         rows.append(LABELS.get(m, m))
         cells.append(ours + paper)
     cols = [f"ours, {int(round(100 * float(f)))}% test" for f in fractions] + [f"paper, {int(round(100 * float(f)))}% test" for f in fractions]
-    fig, ax = plt.subplots(figsize=(2.1 * len(cols) + 2.6, 0.42 * len(rows) + 1.2))
+    fig, ax = subplots(figsize=(2.1 * len(cols) + 2.6, 0.42 * len(rows) + 1.2))
     ax.axis("off")
     tab = ax.table(cellText=cells, rowLabels=rows, colLabels=cols, loc="center", cellLoc="center")
     tab.auto_set_font_size(False)
     tab.set_fontsize(8)
     tab.scale(1.0, 1.4)
     ax.set_title(f"Omniglot, first {kmax} alphabets, test error % (mean ± std over trials); ours at {side}x{side} (cf. Fig. 6c)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _markdown(cells, table, kmax: int, side: int, config: Mapping[str, Any]) -> str:

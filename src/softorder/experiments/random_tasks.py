@@ -141,8 +141,7 @@ class RandomTasks(Experiment):
             seed=t,
             progress=False,
         )
-        with torch_threads(config.get("threads")):
-            history = fit(model, data, train, run_dir=trial_dir)
+        history = fit(model, data, train, run_dir=trial_dir)
         last = history.last
         acc_by_iter = [(r["iteration"], 1.0 - r["train_error"]) for r in history.records]
         return {
@@ -216,23 +215,6 @@ def _random_data(n: int, m: int, seed: int) -> TensorTasks:
     return random_tasks(2, n, m, seed)
 
 
-class torch_threads:
-    """Temporarily set torch's intra-op thread count (None: leave it)."""
-
-    def __init__(self, count: int | None) -> None:
-        self.count = count
-        self.before = torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        self.before = torch.get_num_threads()
-        if self.count:
-            torch.set_num_threads(int(self.count))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.count:
-            torch.set_num_threads(self.before)
-
-
 def _band(ax, xs, stats, **kw) -> None:
     mean = np.array([s["mean"] for s in stats])
     ci = np.array([0.0 if not np.isfinite(s["ci95"]) else s["ci95"] for s in stats])
@@ -242,13 +224,12 @@ def _band(ax, xs, stats, **kw) -> None:
 
 def plot_random_tasks(config: Mapping[str, Any], curves: Mapping[str, Any], path: Path) -> Path | None:
     """Fig. 2: accuracy by n per setting; parallel solid, permuted solid, parallel at n/2 dotted."""
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
     settings = [s for s in config["settings"] if curves.get(s)]
     if not settings:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.0 * len(settings), 3.9), squeeze=False)
+    fig, axes = subplots(1, len(settings), figsize=(5.0 * len(settings), 3.9), squeeze=False)
     colors = {"parallel": "tab:blue", "permuted": "tab:red"}
     for ax, setting in zip(axes[0], settings):
         grid = [int(n) for n in config[f"{setting}_ns"]]
@@ -275,7 +256,7 @@ def plot_random_tasks(config: Mapping[str, Any], curves: Mapping[str, Any], path
     trials = int(config["trials"])
     fig.suptitle(f"Fitting two random tasks (mean and 95% CI over {trials} trials)", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 EXPERIMENT = RandomTasks()

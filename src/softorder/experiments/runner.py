@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from softorder._io import atomic_write_bytes, atomic_write_json
+from softorder.runtime import torch_threads
 
 RESULT_NAME = "result.json"
 LOCK_NAME = "lock"
@@ -250,7 +251,8 @@ def run_one_trial(experiment: Experiment, config: Mapping[str, Any], trial: Tria
     """
     trial_dir = trial_dir_of(out_dir, trial)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    result = experiment.run_trial(config, trial, trial_dir, data_dir)
+    with torch_threads(config.get("threads")):  # each preset's threads setting, restored afterwards
+        result = experiment.run_trial(config, trial, trial_dir, data_dir)
     if write_result:
         save_result(out_dir, trial, result)
     return result

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
+from softorder.orderings import ORDERINGS
 
-METHODS = ("single", "parallel", "permuted", "soft")
+METHODS = tuple(ORDERINGS)
 # beyond the paper, not run by default: soft ordering with S frozen at its uniform start (every
 # layer weighs 1/L at every depth), to tell the learned order apart from the averaging of L layers
 ABLATIONS = ("soft-uniform",)
@@ -95,8 +96,6 @@ class UciExperiment(Experiment):
         from softorder.model import build_model
         from softorder.train import TrainConfig, fit
 
-        if config.get("threads"):
-            torch.set_num_threads(int(config["threads"]))
         method, seed = trial.params["method"], int(trial.params["trial"])
         data = uci.uci_tasks(data_dir, tasks=config["tasks"], split_seed=config["split_seed"], val_fraction=config["val_fraction"], verify=config["verify_data"])
         model = build_model(
@@ -183,11 +182,10 @@ def _curve(runs: Sequence[Mapping[str, Any]]) -> dict[str, list]:
 
 
 def _plot_curves(by_dropout: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> Path:
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
     keys = [k for k in by_dropout if by_dropout[k]["curves"]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False, sharey=True)
+    fig, axes = subplots(1, len(keys), figsize=(5.2 * len(keys), 3.8), squeeze=False, sharey=True)
     for ax, dk in zip(axes[0], keys):
         for m, c in by_dropout[dk]["curves"].items():
             x = np.asarray(c["iterations"])
@@ -204,7 +202,7 @@ def _plot_curves(by_dropout: Mapping[str, Any], config: Mapping[str, Any], path:
     axes[0][0].set_ylabel("mean validation error over tasks (%)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"UCI, {len(config['tasks'])} tasks jointly: mean error by iteration, 95% CI over trials (cf. Fig. 5b)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _fmt(s: Mapping[str, float]) -> str:

@@ -43,7 +43,7 @@ def train_user_tasks(
     out = out or sys.stdout
     unknown = [o for o in orderings if o not in ORDERINGS]
     if unknown:
-        raise ValueError(f"unknown ordering(s) {unknown}; expected some of {ORDERINGS}")
+        raise ValueError(f"unknown ordering(s) {unknown}; expected some of {list(ORDERINGS)}")
     data = csv_tasks(paths, labels=labels)  # every file is checked before any training
     out_dir = Path(out_dir)
     config = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, eval_every=max(1, iterations // 10), eval_splits=("val",), seed=seed, progress=progress)

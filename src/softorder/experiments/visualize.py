@@ -165,7 +165,6 @@ class Visualize(Experiment):
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.data.mnist import load_mnist
         from softorder.experiments.mnist import VERIFY_DATA
-        from softorder.experiments.random_tasks import torch_threads
 
         t = int(trial.params["trial"])
         mnist = load_mnist(data_dir, verify=VERIFY_DATA)
@@ -182,14 +181,13 @@ class Visualize(Experiment):
             seed=t,
             progress=False,
         )
-        with torch_threads(config.get("threads")):
-            history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, percent=False))
-            tasks = [int(i) - 1 for i in config["sweep_tasks"]]
-            depths = [int(d) - 1 for d in config["sweep_depths"]]
-            layer = int(config["sweep_layer"]) - 1
-            values = [float(v) for v in config["sweep_values"]]
-            sweep = sweep_images(model, tasks, layer, depths, values)
-            predictions = np.stack([predict_image(model, n) for n in data.task_names])
+        history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, percent=False))
+        tasks = [int(i) - 1 for i in config["sweep_tasks"]]
+        depths = [int(d) - 1 for d in config["sweep_depths"]]
+        layer = int(config["sweep_layer"]) - 1
+        values = [float(v) for v in config["sweep_values"]]
+        sweep = sweep_images(model, tasks, layer, depths, values)
+        predictions = np.stack([predict_image(model, n) for n in data.task_names])
         targets = images.astype(np.float32) / 255.0
         np.savez_compressed(trial_dir / SWEEP_NAME, sweep=sweep, predictions=predictions, targets=targets)
         mixing = model.core.mixing().detach().numpy()
@@ -236,13 +234,12 @@ class Visualize(Experiment):
 
 def plot_sweep(config: Mapping[str, Any], sweep: np.ndarray, rep: Mapping[str, Any], path: Path) -> Path:
     """Table 1: rows (depth, task), columns the swept scale of one layer, inactive -> active."""
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
     depths, tasks, values = config["sweep_depths"], config["sweep_tasks"], config["sweep_values"]
     nd, nt, nv = sweep.shape[:3]
     rows = nd * nt
-    fig, axes = plt.subplots(rows, nv, figsize=(1.15 * nv + 1.4, 1.15 * rows + 1.0), squeeze=False)
+    fig, axes = subplots(rows, nv, figsize=(1.15 * nv + 1.4, 1.15 * rows + 1.0), squeeze=False)
     for a in range(nd):
         for b in range(nt):
             r = b * nd + a  # grouped by task, as the paper's two half-tables
@@ -261,16 +258,15 @@ def plot_sweep(config: Mapping[str, Any], sweep: np.ndarray, rep: Mapping[str, A
     layer = config["sweep_layer"]
     fig.suptitle(f"Layer {layer}'s scale swept from inactive (s = 0) to active (s = 1)\nat depths {', '.join(map(str, depths))} for tasks {', '.join(map(str, tasks))}", fontsize=9.5)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reconstructions(targets: np.ndarray, predictions: np.ndarray, rep: Mapping[str, Any], path: Path) -> Path:
     """The ten training images (top) and the model's images for them (bottom)."""
-    from softorder.analysis import _pyplot, _save
+    from softorder.analysis import save_figure, subplots
 
-    plt = _pyplot()
     n = len(targets)
-    fig, axes = plt.subplots(2, n, figsize=(1.05 * n + 1.2, 2.7), squeeze=False)
+    fig, axes = subplots(2, n, figsize=(1.05 * n + 1.2, 2.7), squeeze=False)
     mse = list(rep["task_train_mse"].values())
     for i in range(n):
         for r, (img, label) in enumerate(((targets[i], "target"), (predictions[i], "model"))):
@@ -284,7 +280,7 @@ def plot_reconstructions(targets: np.ndarray, predictions: np.ndarray, rep: Mapp
         axes[1][i].set_xlabel(f"MSE {mse[i]:.3f}", fontsize=7)
     fig.suptitle("Ten MNIST 4s, each a task (x, y) -> brightness, told apart only by their soft orders", fontsize=9.5)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 EXPERIMENT = Visualize()

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import softorder._kernels.bank as bank_mod
+import softorder._kernels.masks as masks_mod
+import softorder._kernels.mixing as mixing_mod
 import softorder.layers as layers_mod
 import softorder.orderings as orderings_mod
 from softorder.orderings import HardOrdering, OrderedCore, SoftOrdering
@@ -35,7 +38,10 @@ def _bernoulli_mask(shape, p, *, device=None, dtype=None) -> Tensor:
 
 def bernoulli_masks() -> contextlib.AbstractContextManager:
     """Dropout masks from bernoulli_ (as torch.nn.functional.dropout draws them on the CPU)."""
-    return _patched(orderings_mod, "keep_mask", _bernoulli_mask)
+    stack = contextlib.ExitStack()
+    stack.enter_context(_patched(mixing_mod, "keep_mask", _bernoulli_mask))  # soft ordering's fused path
+    stack.enter_context(_patched(masks_mod, "keep_mask", _bernoulli_mask))  # dropout() everywhere else
+    return stack
 
 
 def _bytes_only(keep: float) -> int | None:
@@ -46,7 +52,7 @@ def _bytes_only(keep: float) -> int | None:
 def byte_masks() -> contextlib.AbstractContextManager:
     """One random byte per mask entry for any 1 - p that is a multiple of 1/256 (the masks before
     the bit table: p = 0.5 reads 8 bits per entry instead of 1)."""
-    return _patched(orderings_mod, "_bits_per_entry", _bytes_only)
+    return _patched(masks_mod, "_bits_per_entry", _bytes_only)
 
 
 def _bmm_mix(outs: Tensor, w: Tensor) -> Tensor:
@@ -57,7 +63,7 @@ def _bmm_mix(outs: Tensor, w: Tensor) -> Tensor:
 
 def bmm_mixing() -> contextlib.AbstractContextManager:
     """Mixing as a batched product (N x (1 x L) @ (L x F)), where the unfused path mixes."""
-    return _patched(orderings_mod, "mix", _bmm_mix)
+    return _patched(mixing_mod, "mix", _bmm_mix)
 
 
 @contextlib.contextmanager
@@ -104,7 +110,7 @@ def plain_dropout() -> contextlib.AbstractContextManager:
 
 def conv_then_pool_first_depth() -> contextlib.AbstractContextManager:
     """No narrow_conv_max_pool: a 1-channel input goes through conv2d (its weights' first channel) and pooling."""
-    return _patched(layers_mod, "NARROW_CONTRACTION", 0)
+    return _patched(bank_mod, "NARROW_CONTRACTION", 0)
 
 
 def wrap(step: Callable[[], None], *managers: Callable[[], contextlib.AbstractContextManager]) -> Callable[[], None]:

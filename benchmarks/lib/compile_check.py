@@ -1,6 +1,7 @@
-"""Does torch.compile help soft ordering on this CPU? (Not part of run.py: compiling takes a minute.)
+"""Does torch.compile help soft ordering on this CPU? (Not a section of the benchmark run: compiling
+takes a minute.)
 
-    python benchmarks/compile_check.py [mnist|celeba] [--reps 7]
+    python benchmarks/run.py compile-check [mnist|celeba] [--reps 7] [--threads 1]
 
 Compares, interleaved, the eager core (with its fused ReLU/dropout/mix node) against the core
 compiled with torch.compile (inductor, C++ code generated and built with the system compiler),
@@ -10,30 +11,21 @@ could fuse itself). Prints the compile time and the step-time ratios.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+from . import harness, settings
 
-import harness  # noqa: E402
-import settings  # noqa: E402
+SETTINGS = ("mnist", "celeba")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("setting", nargs="?", default="mnist", choices=["mnist", "celeba"])
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    eager = settings.workload(args.setting, "soft")
+def main(setting: str = "mnist", reps: int = 7, threads: int = 1) -> None:
+    torch.set_num_threads(threads)
+    eager = settings.workload(setting, "soft")
     cands = {"eager": eager.step}
     for name, unfused in (("compiled", False), ("compiled, unfused path", True)):
-        w = settings.workload(args.setting, "soft")
+        w = settings.workload(setting, "soft")
         core = w.model.core
         if unfused:
             core._bank.activation = "relu (unfused)"  # SoftOrdering._depth's generic path
@@ -51,10 +43,6 @@ def main() -> None:
             continue
         print(f"{name}: compile + first step {time.perf_counter() - t0:.1f} s")
         cands[name] = w.step
-    times = harness.interleaved(cands, args.reps, warmup=1)
+    times = harness.interleaved(cands, reps, warmup=1)
     for k, v in times.items():
         print(f"{k:28s} median {harness.median(v) * 1e3:8.1f} ms   / eager {harness.ratio(times, k, 'eager')['ratio']:.2f}")
-
-
-if __name__ == "__main__":
-    main()

@@ -17,7 +17,7 @@ import softorder
 from softorder import TaskSpec
 from softorder.model import MultitaskModel
 
-import typical
+from . import typical
 
 
 def _build(impl: str):
@@ -25,7 +25,7 @@ def _build(impl: str):
     ("baseline"), or before the convolution work ("before-conv"); see baseline.py."""
     if impl == "current":
         return softorder.build_model
-    import baseline
+    from . import baseline
 
     if impl == "baseline":
         return baseline.build_model()

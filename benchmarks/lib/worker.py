@@ -1,8 +1,9 @@
 """A benchmark worker process, for comparing process-wide settings (threads, OpenMP, allocator).
 
 Settings such as OMP_WAIT_POLICY only take effect at process start, so each candidate runs in its
-own worker; run.py interleaves their steps over pipes. A worker tunes the C allocator as the
-``softorder`` command does unless its environment has SOFTORDER_TUNE_ALLOCATOR=0.
+own worker, started as ``python benchmarks/run.py worker THREADS``; the environment section
+interleaves their steps over pipes. A worker tunes the C allocator as the ``softorder`` command
+does unless its environment has SOFTORDER_TUNE_ALLOCATOR=0.
 
 Protocol, one line per command on stdin, one JSON line per answer on stdout:
     build <setting> <ordering>     -> {"ok": true}       (setting: mnist, celeba, omniglot10)
@@ -15,18 +16,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
 
-import torch  # noqa: E402
+from softorder.runtime import tune_cpu_allocator
 
-import settings  # noqa: E402
-from softorder.runtime import tune_cpu_allocator  # noqa: E402
+from . import settings
 
 
-def main() -> None:
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+def main(threads: int = 1) -> None:
     torch.set_num_threads(threads)
     tune_cpu_allocator()
     work = None
@@ -51,7 +49,3 @@ def main() -> None:
         else:
             answer = {"error": f"unknown command {cmd[0]}"}
         print(json.dumps(answer), flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,11 @@
-"""Markdown tables from a results.json written by run.py (for docs/performance.md).
+"""Markdown tables from a results JSON file written by run.py (for docs/performance.md).
 
-    python benchmarks/report.py [benchmarks/results.json]
+    python benchmarks/run.py report [benchmarks/results/results.json]
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -21,13 +20,15 @@ def md(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results.json"
+def main(path: Path) -> None:
     r = json.loads(path.read_text())
     m = r["machine"]
     out = [f"Command: `{r['command']}`; wall time {r['wall_s']:.0f} s; {m['cpu']}, {m['logical_cpus']} logical CPUs, "
            f"torch {m['torch']}, {m['threads']} thread(s), allocator {'tuned' if r.get('allocator_tuned') else 'default'}; load average {m['loadavg_start'][0]:.1f} at the start, "
            f"{m['loadavg_end'][0]:.1f} at the end."]
+    for commit, entry in r.get("before_skipped", {}).items():  # present only when some were skipped
+        which = "; ".join(f"{section}: {cands}" for section, cands in entry["candidates"].items())
+        out.append(f"\nSkipped the \"before\" candidates at {commit} ({which}): {entry['reason']}.")
     if "peak" in r:
         out.append("\n**Matrix-multiply peak** (square float32 torch.mm, best of 10):\n")
         out.append(md(["n", "best GFLOP/s", "median GFLOP/s"],
@@ -80,7 +81,3 @@ def main() -> None:
         out.append(md(["workload"] + names, [[w] + [f"{v[n]['median_ms']:.0f} ({v[n]['over_1_thread']['ratio']:.2f})" for n in names] for w, v in d.items()]))
         out.append("\n\"default allocator\": `SOFTORDER_TUNE_ALLOCATOR=0`; every other worker tunes it as the `softorder` command does.")
     print("\n".join(out))
-
-
-if __name__ == "__main__":
-    main()
