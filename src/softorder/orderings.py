@@ -105,6 +105,10 @@ class OrderedCore(nn.Module):
         """Zero-pad dim 1 of a narrow input up to the layers' width."""
         return pad_channels(h, self.width)
 
+    def _drop(self, h: Tensor) -> Tensor:
+        """Dropout after a shared layer (the paper's regularisation of every ordering)."""
+        return dropout(h, self.dropout, self.training) if self.dropout > 0 else h
+
     def _widen(self, h: Tensor) -> Tensor:
         """A narrow input as the layers will read it: as it is for the library's layers (which read
         missing channels as zeros without making them), zero-padded for any other module."""
@@ -194,6 +198,25 @@ class SoftOrdering(OrderedCore):
         )
 
 
+def apply_by_group(h: Tensor, group: Tensor, num_groups: int, fn: Callable[[int, Tensor], Tensor]) -> Tensor:
+    """``fn(g, rows)`` on the rows of each group g (group (N,) of indices below num_groups), results
+    put back in the rows' order: one call per group present, never one per row."""
+    perm, counts = sort_by_group(group, num_groups)
+    sizes = counts.tolist()
+    out = torch.cat([fn(g, rows) for g, rows in enumerate(h[perm].split(sizes)) if sizes[g] > 0])
+    return unsort(out, perm)
+
+
+def sort_by_group(group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """The permutation that sorts rows by group (stable), and the rows per group (num_groups,)."""
+    return torch.argsort(group, stable=True), torch.bincount(group, minlength=num_groups)
+
+
+def unsort(out: Tensor, perm: Tensor) -> Tensor:
+    """Rows computed in ``perm`` order put back in the original order."""
+    return torch.empty_like(out).index_copy(0, perm, out)
+
+
 def _per_row(w: Tensor, y: Tensor) -> Tensor:
     """Row n of y (N, ...) scaled by w[n]."""
     return w.view(-1, *([1] * (y.dim() - 1))) * y
@@ -220,43 +243,28 @@ class HardOrdering(OrderedCore):
         return F.one_hot(self.order, self.num_layers).transpose(1, 2).to(torch.get_default_dtype())
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        """Eq. 2 / Eq. 3: at depth k every row goes through its task's layer ``order[t, k]``."""
         self._check_task(h, task)
-        h = self._widen(h)
-        route = self.order[task]  # (N, depth)
-        for k in range(self.depth):
-            h = self._route(h, route[:, k])
-            if self.dropout > 0:
-                h = dropout(h, self.dropout, self.training)
-        return h
+        return self._through(self._widen(h), self.order[task], first_depth=0)
 
     def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
         tasks = self._check_shared(z, tasks)
         first = self.order[tasks, 0]  # (T,): each task's layer at depth 0, run once per distinct layer
         outs = {j: self._apply_checked(j, self._widen(z)) for j in first.unique().tolist()}
-        h = torch.cat([outs[j] for j in first.tolist()])  # (T * B, ...), task-major
-        if self.dropout > 0:
-            h = dropout(h, self.dropout, self.training)
-        route = self.order[tasks.repeat_interleave(z.shape[0])]  # (T * B, depth)
-        for k in range(1, self.depth):
-            h = self._route(h, route[:, k])
-            if self.dropout > 0:
-                h = dropout(h, self.dropout, self.training)
+        h = self._drop(torch.cat([outs[j] for j in first.tolist()]))  # (T * B, ...), task-major
+        return self._through(h, self.order[tasks.repeat_interleave(z.shape[0])], first_depth=1)
+
+    def _through(self, h: Tensor, route: Tensor, first_depth: int) -> Tensor:
+        """Depths ``first_depth``.. : row n through layer ``route[n, k]``, then dropout; route (N, depth)."""
+        for k in range(first_depth, self.depth):
+            h = self._drop(self._route(h, route[:, k]))
         return h
 
     def _route(self, h: Tensor, layer_of_row: Tensor) -> Tensor:
-        """Apply layer ``layer_of_row[n]`` to row n of h."""
-        first = int(layer_of_row[0]) if layer_of_row.numel() else 0
-        if layer_of_row.numel() == 0 or bool((layer_of_row == first).all()):
-            return self._apply_checked(first, h)
-        perm = torch.argsort(layer_of_row, stable=True)
-        counts = torch.bincount(layer_of_row, minlength=self.num_layers).tolist()
-        pieces = [
-            self._apply_checked(j, rows)
-            for j, rows in enumerate(h[perm].split(counts))
-            if counts[j] > 0
-        ]
-        sorted_out = torch.cat(pieces)
-        return torch.empty_like(sorted_out).index_copy(0, perm, sorted_out)
+        """Apply layer ``layer_of_row[n]`` to row n of h, one call per layer used."""
+        if layer_of_row.numel() == 0 or bool((layer_of_row == layer_of_row[0]).all()):
+            return self._apply_checked(int(layer_of_row[0]) if layer_of_row.numel() else 0, h)
+        return apply_by_group(h, layer_of_row, self.num_layers, lambda j, rows: self._apply_checked(j, rows))
 
 
 class ParallelOrdering(HardOrdering):
@@ -265,15 +273,6 @@ class ParallelOrdering(HardOrdering):
     def __init__(self, layers: Sequence[nn.Module], num_tasks: int, *, dropout: float = 0.0) -> None:
         order = torch.arange(len(layers)).expand(num_tasks, len(layers)).clone()
         super().__init__(layers, num_tasks, order, dropout)
-
-    def forward(self, h: Tensor, task: Tensor) -> Tensor:
-        self._check_task(h, task)
-        h = self._widen(h)
-        for k in range(self.depth):
-            h = self._apply_checked(k, h)
-            if self.dropout > 0:
-                h = dropout(h, self.dropout, self.training)
-        return h
 
 
 class PermutedOrdering(HardOrdering):
@@ -348,42 +347,35 @@ class SingleTaskCores(OrderedCore):
         return eye.expand(self.num_tasks, self.num_layers, self.num_layers).clone()
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        """Eq. 2 without sharing: each task's rows through its own copy of the layers."""
         self._check_task(h, task)
-        perm = torch.argsort(task, stable=True)
-        counts = torch.bincount(task, minlength=self.num_tasks)
-        present = counts.nonzero().flatten()
-        rows = h[perm]  # task-major
-        if self._grouped:
-            out = self._forward_grouped(rows, counts, present)
-        else:
-            out = torch.cat([self._forward_task(t, part) for t, part in zip(present.tolist(), rows.split(counts[present].tolist()))])
-        return torch.empty_like(out).index_copy(0, perm, out)
+        if not self._grouped:  # other modules: one task's rows at a time
+            return apply_by_group(self._pad(h), task, self.num_tasks, self._through_copy)
+        perm, counts = sort_by_group(task, self.num_tasks)
+        return unsort(self._through_copies(h[perm], counts), perm)
 
-    def _forward_grouped(self, rows: Tensor, counts: Tensor, present: Tensor) -> Tensor:
-        """Task-major rows (N, ...) of the tasks ``present`` (P,), ``counts`` rows each -> (N, ...)."""
+    def _through_copy(self, t: int, rows: Tensor) -> Tensor:
+        for layer in self.task_layers[t]:
+            rows = self._drop(layer(rows))
+        return rows
+
+    def _through_copies(self, rows: Tensor, counts: Tensor) -> Tensor:
+        """Task-major rows (N, ...), ``counts`` (num_tasks,) per task -> (N, ...), every depth one
+        batched product or grouped convolution over the tasks present."""
+        present = counts.nonzero().flatten()
         sizes = counts[present]
         per_task = int(sizes.max())
         ragged = bool((sizes != per_task).any())
-        if ragged:  # place task i's rows at [i * per_task, i * per_task + count)
+        if ragged:  # place task i's rows at [i * per_task, i * per_task + count), zero rows between
             offsets = torch.repeat_interleave(torch.arange(len(present), device=rows.device) * per_task, sizes)
             slot = offsets + torch.arange(rows.shape[0], device=rows.device) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
             rows = rows.new_zeros(len(present) * per_task, *rows.shape[1:]).index_copy(0, slot, rows)
         ids = present.tolist()
         x = rows_to_grouped(rows, len(ids))  # kept in the grouped layout from depth to depth
         for k in range(self.num_layers):
-            x = grouped_forward([self.task_layers[t][k] for t in ids], x)
-            if self.dropout > 0:
-                x = dropout(x, self.dropout, self.training)
+            x = self._drop(grouped_forward([self.task_layers[t][k] for t in ids], x))
         rows = grouped_to_rows(x, len(ids))
         return rows[slot] if ragged else rows
-
-    def _forward_task(self, t: int, rows: Tensor) -> Tensor:
-        rows = self._pad(rows)
-        for layer in self.task_layers[t]:
-            rows = layer(rows)
-            if self.dropout > 0:
-                rows = dropout(rows, self.dropout, self.training)
-        return rows
 
 
 def _drop_duplicate_layer_keys(state_dict: dict, prefix: str, *args: object) -> None:

@@ -147,9 +147,12 @@ class MultitaskData(ABC):
         return any(sizes.get(split, 0) > 0 for sizes in self.split_sizes().values())
 
 
+SEED_STRIDE = 1_000_003  # a prime: streams derived from (seed, index) pairs do not collide for small indices
+
+
 def batch_generator(seed: int, iteration: int) -> torch.Generator:
     """The generator that draws training batch ``iteration`` of a run seeded with ``seed``."""
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(iteration)) % (2**63))
+    return torch.Generator().manual_seed((int(seed) * SEED_STRIDE + int(iteration)) % (2**63))
 
 
 @dataclass

@@ -19,7 +19,6 @@ goes through the same steps with a strategy that does nothing more (``SingleProc
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from softorder._hints import did_you_mean
 from softorder.checkpoints import CHECKPOINT_NAME, History, RunFiles, load_checkpoint
 from softorder.distributed.data_parallel import Strategy, setup_data_parallel
 from softorder.model import MultitaskModel
@@ -92,9 +92,7 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"unknown training option {key!r}{hint} (options: {', '.join(names)})")
+                raise ValueError(f"unknown training option {key!r}{did_you_mean(key, names)} (options: {', '.join(names)})")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,12 +36,11 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from softorder.tasks import Batch
+from softorder.tasks import SEED_STRIDE, Batch
 
 T = TypeVar("T")
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-_RANK_SEED_STRIDE = 1_000_003
 
 
 def launched_by_torchrun() -> bool:
@@ -108,7 +107,7 @@ class DataParallel:
 
     def seed(self, seed: int) -> int:
         """The seed of this process's own random stream (dropout): ``seed`` itself on rank 0."""
-        return (int(seed) + self.rank * _RANK_SEED_STRIDE) % (2**63)
+        return (int(seed) + self.rank * SEED_STRIDE) % (2**63)
 
     # --- sharding -------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ that failed for good; they are reported in the summary and the others are summar
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
@@ -29,6 +28,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from softorder._hints import did_you_mean
 from softorder._io import atomic_write_bytes, atomic_write_json
 from softorder.runtime import torch_threads
 
@@ -75,9 +75,7 @@ class Experiment(ABC):
         config = self.default_config(quick)
         for key, value in (overrides or {}).items():
             if key not in config:
-                close = difflib.get_close_matches(key, list(config), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{self.name}: unknown option {key!r}{hint} (options: {', '.join(sorted(config))})")
+                raise ValueError(f"{self.name}: unknown option {key!r}{did_you_mean(key, config)} (options: {', '.join(sorted(config))})")
             config[key] = value
         config["quick"] = quick
         return config
@@ -287,9 +285,7 @@ def select_trials(trials: Sequence[Trial], keys: Sequence[str] | None) -> list[T
     by_key = {t.key: t for t in trials}
     for key in keys:
         if key not in by_key:
-            close = difflib.get_close_matches(key, list(by_key), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"no trial {key!r}{hint} ({len(by_key)} trials, e.g. {', '.join(list(by_key)[:3])})")
+            raise ValueError(f"no trial {key!r}{did_you_mean(key, by_key)} ({len(by_key)} trials, e.g. {', '.join(list(by_key)[:3])})")
     wanted = set(keys)
     return [t for t in trials if t.key in wanted]
 
