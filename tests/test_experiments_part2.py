@@ -362,3 +362,19 @@ def test_omniglot_trial_records_are_written_reused_and_guarded(tmp_path, monkeyp
     assert {p.name: p.read_bytes() for p in records.iterdir()} == written  # and the records left as they were
     with pytest.raises(ValueError, match=r"method=soft_init=he_iterations=4_seed=0.json was made with other settings \(lr"):
         run_experiment(get_experiment("omniglot"), tmp_path / "c", quick=True, overrides={**overrides, "lr": 0.5}, data_dir=data)
+
+
+def test_records_command_rebuilds_the_protocol_tables(tmp_path, capsys):
+    """`softorder records omniglot DIR` needs nothing but the records."""
+    from softorder.cli import main
+
+    data, records = tmp_path / "data", tmp_path / "records"
+    write_fake_omniglot(data)
+    overrides = dict(num_tasks=[2], iterations=4, eval_every=4, methods=["parallel"], verify_data=False, records=str(records))
+    run_experiment(get_experiment("omniglot"), tmp_path / "run", quick=True, overrides=overrides, data_dir=data)
+    assert main(["records", "omniglot", str(records), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "omniglot_protocol.md").read_text()
+    assert "| parallel ordering | not run | 27.17 ± 0.57 |" in table  # no 50-alphabet record yet
+    assert "num_tasks=2_test_fraction=0.1_method=parallel_init=he_iterations=4_seed=0.json" in table
+    assert main(["records", "omniglot", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder of trial records" in capsys.readouterr().err

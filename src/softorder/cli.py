@@ -258,7 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(train)
     train.set_defaults(func=cmd_run)
+    records = sub.add_parser("records", help="rebuild an experiment's tables and figures from its committed trial records")
+    records.add_argument("experiment", choices=["omniglot"], help="whose records (omniglot: the paper's protocol, Fig. 6c)")
+    records.add_argument("folder", help="the records' folder, e.g. results/omniglot")
+    records.add_argument("--out", default=None, help="where to write the tables and figures (default: the records' folder)")
+    records.set_defaults(func=cmd_records)
     return parser
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    from softorder.experiments.omniglot_records import write_protocol_summary
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of trial records")
+    for path in write_protocol_summary(folder, Path(args.out) if args.out else folder):
+        print(f"wrote {path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
