@@ -23,6 +23,14 @@ from softorder.transfer import assemble_for_new_tasks
 
 __version__ = "0.1.0"
 
+
+def load(run: str, ordering: str | None = None):  # -> softorder.saved.SavedModel
+    """A trained model, ready to predict, from ``softorder fit --out RUN`` or a saved model's folder
+    (see :func:`softorder.saved.load`; loaded on first use, as it reads the CSV preprocessing)."""
+    from softorder.saved import load as _load
+
+    return _load(run, ordering)
+
 __all__ = [
     "ORDERINGS",
     "Batch",
@@ -50,6 +58,7 @@ __all__ = [
     "dense_decoder",
     "evaluate",
     "fit",
+    "load",
     "make_core",
     "make_layers",
 ]

@@ -53,13 +53,14 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from softorder.experiments.user_tasks import train_user_tasks
 
-    labels = args.label if args.label else None
-    if labels is not None and len(labels) == 1 and len(args.files) > 1:
-        labels = labels * len(args.files)
+    labels = _per_file(args.label, args.files, "--label")
+    kinds = _per_file(args.kind, args.files, "--kind")
     train_user_tasks(
         args.files,
         args.out,
         labels=labels,
+        kinds=kinds,
+        from_run=args.from_run,
         orderings=tuple(args.ordering or ("parallel", "soft")),
         width=args.width,
         depth=args.depth,
@@ -71,6 +72,37 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
+    return 0
+
+
+def _per_file(values: list[str] | None, files: list[str], flag: str) -> list[str] | None:
+    """A repeatable option given once for all files, or once per file."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values * len(files)
+    if len(values) != len(files):
+        raise ValueError(f"{flag} was given {len(values)} times for {len(files)} files: give it once for all, or once per file")
+    return values
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from softorder._io import atomic_write_bytes
+    from softorder.experiments.user_tasks import predict_csv
+
+    header, rows = predict_csv(args.run, args.file, args.task, ordering=args.ordering)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    if args.out:
+        atomic_write_bytes(args.out, buf.getvalue().encode())
+        print(f"wrote {len(rows)} predictions to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(buf.getvalue())
     return 0
 
 
@@ -238,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("files", nargs="+", help="CSV files, one per task (named after the file)")
     fit.add_argument("--out", default="runs/fit", help="output directory (default: runs/fit)")
     fit.add_argument("--label", action="append", help="label column name or index, once for all files or once per file")
+    fit.add_argument("--kind", action="append", choices=["binary", "multiclass", "regression"],
+                     help="what each task predicts, once for all files or once per file (default: from the labels; "
+                     "a numeric label with more than 20 values must be given one)")
+    fit.add_argument("--from", dest="from_run", metavar="RUN", help="reuse the shared layers trained in RUN (a softorder fit --out folder), "
+                     "frozen: learn only the new tasks' soft order, encoders and decoders")
     fit.add_argument("--ordering", action="append", choices=list(ORDERINGS), help="repeatable (default: parallel and soft)")
     fit.add_argument("--width", type=int, default=32)
     fit.add_argument("--depth", type=int, default=4)
@@ -249,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--no-progress", action="store_true")
     fit.set_defaults(func=cmd_fit)
+
+    predict = sub.add_parser("predict", help="predict with a model trained by softorder fit, one output row per input row")
+    predict.add_argument("run", help="a softorder fit --out folder, or one saved model's folder")
+    predict.add_argument("file", help="a CSV file with the task's feature columns (its label column may be left out)")
+    predict.add_argument("--task", required=True, help="the task to predict (named after its training file)")
+    predict.add_argument("--ordering", help="which ordering's model (default: the lowest validation error)")
+    predict.add_argument("--out", help="write the predictions here (default: standard output)")
+    predict.set_defaults(func=cmd_predict)
 
     train = sub.add_parser(
         "train",
@@ -279,6 +324,7 @@ def cmd_records(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from softorder.runtime import tune_cpu_allocator
+    from softorder.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     tune_cpu_allocator()  # keeps a training step's freed memory mapped (docs/performance.md)
@@ -294,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"softorder: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"softorder: training diverged: {exc}; try a lower --lr", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
