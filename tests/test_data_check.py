@@ -80,3 +80,19 @@ def test_real_data_check(data_dir):
     assert " 50 " in omni and "1,623 characters x 20 drawings" in omni
     celeb = _line(text, "celeba")
     assert "162,770" in celeb and "19,867" in celeb and "19,962" in celeb
+
+
+def test_an_unreadable_file_is_reported_not_raised(tmp_path, monkeypatch):
+    import io
+
+    from softorder.data import check
+
+    def refuse(root, verify):
+        raise PermissionError(13, "Permission denied", str(root / "mnist" / "train-images-idx3-ubyte.gz"))
+
+    monkeypatch.setitem(check.CHECKS, "mnist", refuse)
+    out = io.StringIO()
+    assert check.run_check(tmp_path, out) == 1
+    text = out.getvalue()
+    assert "unreadable: cannot read" in text and "train-images-idx3-ubyte.gz: Permission denied" in text
+    assert "unreadable: mnist (check the permissions" in text

@@ -113,3 +113,57 @@ def test_clear_caches_releases_the_parsed_datasets():
     mnist._CACHE["probe"] = omniglot._CACHE["probe"] = celeba._CACHE["probe"] = object()
     clear_caches()
     assert "probe" not in mnist._CACHE and "probe" not in omniglot._CACHE and "probe" not in celeba._CACHE
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: softorder.Dense(0), "width of at least 1"),
+        (lambda: softorder.ConvPool(0), "at least 1 channel"),
+        (lambda: softorder.SoftOrdering([softorder.Dense(4), softorder.Dense(8)], 2), r"one width.*\[4, 8\]"),
+    ],
+)
+def test_bad_layers_are_refused_by_name(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_empty_inputs_are_refused_by_name():
+    model = build_model([TaskSpec("a", (3,), "binary")], width=4, depth=2)
+    with pytest.raises(ValueError, match=r"no inputs: pass \{task: rows\} for some of the tasks \['a'\]"):
+        model({})
+
+
+def test_resuming_a_checkpoint_of_another_run_is_refused(tmp_path):
+    from softorder import TaskArrays, TensorTasks, fit
+
+    x, y = torch.rand(40, 3), torch.randint(0, 2, (40,))
+    data = TensorTasks([TaskArrays(TaskSpec("a", (3,), "binary"), {"train": (x, y), "val": (x, y)})])
+    config = dict(iterations=4, eval_every=2, progress=False)
+    fit(build_model(data.specs, width=4, depth=2, dropout=0.1), data, config, run_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"other settings \(lr\)"):
+        fit(build_model(data.specs, width=4, depth=2, dropout=0.1), data, {**config, "lr": 0.5}, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="the model"):
+        fit(build_model(data.specs, width=4, depth=2, dropout=0.3), data, config, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="it has trained 4, 2 were asked"):
+        fit(build_model(data.specs, width=4, depth=2, dropout=0.1), data, {**config, "iterations": 2}, run_dir=tmp_path)
+
+
+@pytest.mark.parametrize("value, match", [("1e3", "whole number"), ("{50", "whole number"), ("'[soft]'", "give lists as JSON")])
+def test_set_values_are_checked_before_anything_is_written(tmp_path, capsys, value, match):
+    from softorder.cli import main
+
+    key = "methods" if "soft" in value else "iterations"
+    assert main(["reproduce", "uci", "--quick", "--out", str(tmp_path / "run"), "--set", f"{key}={value.strip(chr(39))}"]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_result_file_is_named(tmp_path):
+    from softorder.experiments.runner import Trial, finished_results
+
+    trial = Trial("t=0", {})
+    (tmp_path / "trials" / trial.dirname).mkdir(parents=True)
+    (tmp_path / "trials" / trial.dirname / "result.json").write_text('{"result": ')
+    with pytest.raises(ValueError, match=r"t=0/result.json is damaged .*delete it"):
+        finished_results(tmp_path, [trial])

@@ -49,6 +49,8 @@ class Dense(nn.Module):
 
     def __init__(self, width: int, activation: str = "relu", bias: bool = True) -> None:
         super().__init__()
+        if int(width) < 1:
+            raise ValueError(f"Dense needs a width of at least 1, got {width}")
         self.width, self.activation = int(width), activation
         self.phi = activation_fn(activation)
         self.linear = nn.Linear(width, width, bias=bias)
@@ -83,6 +85,8 @@ class ConvPool(nn.Module):
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"ConvPool needs an odd kernel_size for same padding, got {kernel_size}")
+        if int(channels) < 1 or int(pool) < 1:
+            raise ValueError(f"ConvPool needs at least 1 channel and a pool of at least 1, got channels={channels}, pool={pool}")
         self.channels, self.kernel_size, self.pool, self.activation = int(channels), kernel_size, pool, activation
         self.phi = activation_fn(activation)
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)

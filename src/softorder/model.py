@@ -115,6 +115,8 @@ class MultitaskModel(nn.Module):
         else:
             if self.encoders is None:
                 raise TypeError("this model has a shared encoder: pass one tensor of inputs")
+            if not inputs:
+                raise ValueError(f"no inputs: pass {{task: rows}} for some of the tasks {self.task_names}")
             names = list(inputs)
             self._check_names(names)
             for n in names:

@@ -54,7 +54,9 @@ class OrderedCore(nn.Module):
             raise ValueError(f"depth must be at least 1, got {self.depth}")
         self.dropout = float(dropout)
         widths = {layer_width(l) for l in layers}
-        self.width = widths.pop() if len(widths) == 1 else None  # None: user modules, or mixed widths
+        if len(widths) > 1 and None not in widths:
+            raise ValueError(f"the shared layers must all have one width, so that any can follow any other; got widths {sorted(widths)}")
+        self.width = widths.pop() if len(widths) == 1 else None  # None: user modules
         self._layers_read_narrow = all(isinstance(l, (Dense, ConvPool)) for l in layers)
 
     @property

@@ -196,6 +196,10 @@ def _make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float) -> tor
     return OPTIMIZERS[name](params, lr=lr)
 
 
+# may change when a run is continued (iterations may grow: the run then trains longer)
+_RUNTIME_OPTIONS = ("iterations", "progress", "num_workers", "device", "eval_batch_size", "history_format")
+
+
 def fit(
     model: MultitaskModel,
     data: MultitaskData,
@@ -264,6 +268,7 @@ class _Run:
         run; every process starts from rank 0's parameters. Returns the first iteration to run."""
         ckpt = self.files.load(self.strategy.from_main) if resume else None
         if ckpt is not None:
+            self._check_same_run(ckpt)
             self.model.load_state_dict(ckpt["model"])
             self.state.update(ckpt["state"])
             if self.state["phase"] == 2:
@@ -275,6 +280,20 @@ class _Run:
             torch.manual_seed(self.strategy.seed(self.config.seed))
         self.strategy.broadcast_module(self.model)
         return int(self.state["iteration"])
+
+    def _check_same_run(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to continue a checkpoint made with other training settings or another model."""
+        saved = ckpt.get("config", {})
+        current = self.config.to_dict()
+        differ = sorted(k for k in current if k not in _RUNTIME_OPTIONS and k in saved and saved[k] != current[k])
+        done = int(ckpt["state"]["iteration"])
+        if self.config.iterations < done:
+            differ.append(f"iterations: it has trained {done}, {self.config.iterations} were asked")
+        if ckpt.get("model_repr", repr(self.model)) != repr(self.model):
+            differ.append("the model (its layers, sizes or dropout)")
+        if differ:
+            raise ValueError(f"{self.files.checkpoint} was made with other settings ({', '.join(differ)}); "
+                             "use another run directory, the same settings, or resume=False")
 
     def train_step(self, batch: Batch, iteration: int) -> float:
         """One update on ``batch`` with the tasks' losses summed (Appendix A); returns that sum."""
@@ -314,7 +333,8 @@ class _Run:
         if self.strategy.is_main:
             extra = {"rng_ranks": rng_ranks} if rng_ranks is not None else {}
             self.files.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": torch.get_rng_state(),
-                             "state": dict(self.state), "history": self.history.records, "config": self.config.to_dict(), **extra},
+                             "state": dict(self.state), "history": self.history.records, "config": self.config.to_dict(),
+                             "model_repr": repr(self.model), **extra},
                             self.history)
 
     def evaluate(self, iteration: int, train_loss: float) -> bool:

@@ -179,6 +179,9 @@ def check_dataset(name: str, root: Path, verify: bool = True) -> CheckResult:
         return CheckResult(name, "corrupt", reason=str(exc))
     except DataMissingError as exc:
         return CheckResult(name, "missing", reason=str(exc))
+    except OSError as exc:  # a file present but not readable (permissions, a folder in its place...)
+        where = f" {exc.filename}" if exc.filename else ""
+        return CheckResult(name, "unreadable", reason=f"cannot read{where}: {exc.strerror or exc}")
 
 
 def _fmt(n: int | None) -> str:
@@ -215,4 +218,7 @@ def run_check(
     corrupt = [r.dataset for r in results if r.status == "corrupt"]
     if corrupt:
         print(f"corrupt: {', '.join(corrupt)} (delete the files named above to download them again)", file=out)
-    return 1 if corrupt else 0
+    unreadable = [r.dataset for r in results if r.status == "unreadable"]
+    if unreadable:
+        print(f"unreadable: {', '.join(unreadable)} (check the permissions of the files named above)", file=out)
+    return 1 if corrupt or unreadable else 0

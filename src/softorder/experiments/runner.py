@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from softorder._hints import did_you_mean
-from softorder._io import atomic_write_bytes, atomic_write_json
+from softorder._io import atomic_write_bytes, atomic_write_json, check_writable_dir
 from softorder.runtime import torch_threads
 
 RESULT_NAME = "result.json"
@@ -76,9 +76,40 @@ class Experiment(ABC):
         for key, value in (overrides or {}).items():
             if key not in config:
                 raise ValueError(f"{self.name}: unknown option {key!r}{did_you_mean(key, config)} (options: {', '.join(sorted(config))})")
+            check_like_default(f"{self.name}: {key}", value, config[key])
             config[key] = value
         config["quick"] = quick
         return config
+
+
+def check_like_default(name: str, value: Any, default: Any) -> None:
+    """Refuse a setting whose type is not its default's: a whole number where the default is one,
+    a number for a number, a list (of the same kind of items) for a list, text for text."""
+    def kind(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true or false"
+        if isinstance(v, int):
+            return "a whole number"
+        if isinstance(v, float):
+            return "a number"
+        if isinstance(v, str):
+            return "text"
+        if isinstance(v, list):
+            return "a list"
+        return type(v).__name__
+
+    fits = {
+        "a whole number": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    }.get(kind(default), lambda v: kind(v) == kind(default))
+    if default is None or fits(value):
+        if isinstance(default, list) and default and isinstance(value, list):
+            for item in value:
+                check_like_default(f"{name} item", item, default[0])
+        return
+    example = json.dumps(default)
+    raise ValueError(f"{name} must be {kind(default)} like the default {example}, got {json.dumps(value) if not isinstance(value, str) else repr(value)}"
+                     + (" (give lists as JSON, e.g. '[\"soft\"]')" if isinstance(default, list) and isinstance(value, str) else ""))
 
 
 ERROR_NAME = "error.txt"
@@ -274,7 +305,10 @@ def finished_results(out_dir: Path, trials: Iterable[Trial]) -> dict[str, dict[s
     for trial in trials:
         path = out_dir / "trials" / trial.dirname / RESULT_NAME
         if path.exists():
-            results[trial.key] = json.loads(path.read_text())["result"]
+            try:
+                results[trial.key] = json.loads(path.read_text())["result"]
+            except (json.JSONDecodeError, KeyError, OSError) as error:
+                raise ValueError(f"{path} is damaged ({type(error).__name__}); delete it to run that trial again") from None
     return results
 
 
@@ -310,8 +344,8 @@ def run_experiment(
     (default: standard error).
     """
     out = out or sys.stderr
-    out_dir = Path(out_dir)
     config = {**experiment.resolve_config(quick, overrides), "experiment": experiment.name}
+    out_dir = check_writable_dir(Path(out_dir))
     config_path = out_dir / "config.json"
     if config_path.exists():
         previous = json.loads(config_path.read_text())
