@@ -222,3 +222,31 @@ def test_written_files_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_headerless_file_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    path = tmp_path / "plain.csv"
+    path.write_text("\ufeff" + "".join(f"{i},{i % 2}\n" for i in range(10)), encoding="utf-8")
+    task, prep = csv_task(path)
+    assert not prep.header and sum(len(task.splits[s][0]) for s in ("train", "val")) == 10
+
+
+def test_divergence_is_a_message_naming_what_was_kept(tmp_path, capsys, monkeypatch):
+    from softorder import TrainingDiverged, fit
+    from softorder.cli import main
+    from softorder.experiments import user_tasks
+
+    path = write_csv(tmp_path / "t.csv", make_rows(20, 2, 1), header=["a", "b", "c", "y"])
+    data = csv_tasks([path])
+    model = user_tasks.build_model(data.specs, width=4, depth=2)
+    with torch.no_grad():
+        next(model.core.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written"):  # none is written before the first evaluation
+        fit(model, data, dict(iterations=5, eval_every=5, progress=False), run_dir=tmp_path / "run")
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("loss of task 't' is nan at iteration 0; no checkpoint was written")
+
+    monkeypatch.setattr(user_tasks, "train_user_tasks", diverge)
+    assert main(["fit", str(path), "--out", str(tmp_path / "run2")]) == 1
+    assert "training diverged: loss of task 't' is nan" in capsys.readouterr().err
