@@ -150,11 +150,13 @@ class SoftOrdering(OrderedCore):
         identity_layer: bool = False,
         gate: Gate = "softmax",
         dropout: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__(layers, num_tasks, depth, dropout)
         if gate not in ("softmax", "sigmoid"):
             raise ValueError(f"gate must be 'softmax' or 'sigmoid', got {gate!r}")
         self.gate, self.identity_layer = gate, bool(identity_layer)
+        self.temperature = float(temperature)  # softmax(S / temperature); lowering it hardens the orders
         rows = self.num_layers + int(self.identity_layer)
         self.logits = nn.Parameter(torch.zeros(self.num_tasks, rows, self.depth))
         self._bank = fused_bank(self.layers)
@@ -164,9 +166,22 @@ class SoftOrdering(OrderedCore):
                      identity_layer: bool = False, gate: Gate = "softmax", seed: int = 0) -> OrderedCore:
         return cls(make_layers(), num_tasks, identity_layer=identity_layer, gate=gate, dropout=dropout)
 
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"the temperature must be positive, got {value}")
+        self._temperature = float(value)
+
     def mixing(self) -> Tensor:
-        """(num_tasks, L [+1], depth) weights: softmax over dim 1, or elementwise sigmoid."""
-        return torch.softmax(self.logits, dim=1) if self.gate == "softmax" else torch.sigmoid(self.logits)
+        """(num_tasks, L [+1], depth) weights: softmax over dim 1 (of S / temperature), or
+        elementwise sigmoid."""
+        if self.gate == "softmax":
+            return torch.softmax(self.logits / self._temperature, dim=1)
+        return torch.sigmoid(self.logits)
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         """Eq. 7, depth by depth: each row becomes the sum over the shared layers of its task's weight

@@ -68,6 +68,8 @@ def _window_patches(h: Tensor, k: int, pool: int) -> list[Tensor]:
 
 def _blocks(groups: int, rows: int, cols: int) -> Iterator[tuple[slice, slice]]:
     """(group slice, row slice) blocks of a (groups, rows, cols) tensor, about BLOCK_ELEMENTS each."""
+    if rows * cols == 0:
+        return
     if rows * cols >= BLOCK_ELEMENTS:
         step = max(1, BLOCK_ELEMENTS // cols)
         for g in range(groups):

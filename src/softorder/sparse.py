@@ -1,0 +1,120 @@
+"""Sparse and hardened soft orders (beyond the paper; its Sec. 6 points this way).
+
+Soft ordering evaluates every shared layer at every depth: L times parallel ordering's arithmetic,
+in training and at inference. Two ways out:
+
+- :class:`TopKSoftOrdering` evaluates, for each task and depth, only the k layers of highest weight,
+  mixed with their weights renormalised over those k. Each layer runs only on the rows of the tasks
+  that selected it, so a step costs about k / L of dense soft ordering's layer work. In training the
+  k layers are drawn without replacement in proportion to the softmax weights (Gumbel top-k), so
+  every layer stays reachable, and the gradient reaches all of S through a straight-through term:
+  the mixing weights' values are the renormalised ones, their gradient is the full softmax's.
+- :func:`harden` turns a trained soft ordering into a core that applies only each task's top-k
+  layers per depth; k = 1 gives a hard per-task order (a :class:`~softorder.orderings.HardOrdering`)
+  at parallel ordering's cost.
+
+Soft orders can also be made to end hard by lowering ``SoftOrdering.temperature`` during training
+(:func:`temperature_schedule`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from softorder.orderings import HardOrdering, SoftOrdering, _per_row
+
+
+class TopKSoftOrdering(SoftOrdering):
+    """Soft ordering over the k highest-weighted layers per (task, depth); k = L is Eq. 7 itself.
+
+    ``forward(h, task)``: h (N, C, ...), task (N,) -> (N, C, ...'). ``sample`` draws the k layers
+    (Gumbel top-k) in training; in evaluation, and with ``sample=False``, they are the k largest.
+    The identity layer and sigmoid gates are not offered here.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], num_tasks: int, *, k: int, depth: int | None = None,
+                 dropout: float = 0.0, temperature: float = 1.0, sample: bool = True) -> None:
+        super().__init__(layers, num_tasks, depth=depth, dropout=dropout, temperature=temperature)
+        if not 1 <= int(k) <= self.num_layers:
+            raise ValueError(f"k must be between 1 and the {self.num_layers} layers, got {k}")
+        self.k, self.sample = int(k), bool(sample)
+        self._bank = None  # the layers run on the rows that selected them, not as one bank
+
+    def selection(self) -> tuple[Tensor, Tensor]:
+        """The layers each task uses at each depth, (num_tasks, k, depth), and their weights, the
+        softmax renormalised over them (values), with the full softmax's gradient."""
+        scores = self.logits / self.temperature
+        if self.training and self.sample:
+            uniform = torch.rand_like(scores).clamp_(1e-12, 1.0)
+            chosen = (scores.detach() - torch.log(-torch.log(uniform))).topk(self.k, dim=1).indices
+        else:
+            chosen = scores.detach().topk(self.k, dim=1).indices
+        full = torch.softmax(scores, dim=1).gather(1, chosen)  # (T, k, depth)
+        renormalised = torch.softmax(scores.gather(1, chosen), dim=1)
+        return chosen, renormalised.detach() + full - full.detach()
+
+    def forward(self, h: Tensor, task: Tensor) -> Tensor:
+        self._check_task(h, task)
+        chosen, weights = self.selection()
+        chosen, weights = chosen[task], weights[task]  # (N, k, depth)
+        for k in range(self.depth):
+            h = self._sparse_depth(self._widen(h), chosen[:, :, k], weights[:, :, k])
+        return h
+
+    def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        tasks = self._check_shared(z, tasks)
+        h = z.repeat(tasks.shape[0], *([1] * (z.dim() - 1)))
+        return self(h, tasks.repeat_interleave(z.shape[0]))
+
+    def _sparse_depth(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        """x (N, C, ...), chosen and weights (N, k) -> (N, C', ...): each layer on the rows that
+        chose it, weighted and summed into the rows."""
+        out: Tensor | None = None
+        for j in range(self.num_layers):
+            hit = chosen == j  # (N, k)
+            rows = hit.any(dim=1).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            y = self._drop(self._apply_checked(j, x[rows]))
+            part = _per_row((weights * hit).sum(dim=1)[rows], y)
+            out = torch.zeros(x.shape[0], *y.shape[1:], dtype=y.dtype, device=y.device) if out is None else out
+            out = out.index_add(0, rows, part)
+        assert out is not None  # every row chose k >= 1 layers
+        return out
+
+
+def harden(core: SoftOrdering, k: int = 1) -> HardOrdering | TopKSoftOrdering:
+    """A core that applies only each task's ``k`` highest-weighted layers per depth of a trained
+    soft ordering, sharing its layers (not copies). k = 1: a :class:`HardOrdering` with order
+    ``argmax_j S[t, j, k]``, at parallel ordering's cost; k > 1: a :class:`TopKSoftOrdering` with
+    the same S that picks its k largest (no sampling). With one-hot weights the outputs equal the
+    soft core's. For inference or further training."""
+    if not isinstance(core, SoftOrdering) or core.gate != "softmax" or core.identity_layer:
+        raise ValueError("harden needs a SoftOrdering with softmax gates and no identity layer")
+    if k == 1:
+        order = core.logits.detach().argmax(dim=1)  # (num_tasks, depth)
+        return HardOrdering(list(core.layers), core.num_tasks, order, core.dropout)
+    hard = TopKSoftOrdering(list(core.layers), core.num_tasks, k=k, depth=core.depth, dropout=core.dropout,
+                            temperature=core.temperature, sample=False)
+    with torch.no_grad():
+        hard.logits.copy_(core.logits)
+    return hard
+
+
+def temperature_schedule(core: SoftOrdering, start: float, end: float, iterations: int) -> Callable[[dict[str, Any]], None]:
+    """An ``on_eval`` callback for :func:`softorder.fit` that moves the core's temperature
+    geometrically from ``start`` to ``end`` over ``iterations`` (it takes effect at each evaluation)."""
+    if start <= 0 or end <= 0 or iterations < 1:
+        raise ValueError("temperatures must be positive and iterations at least 1")
+    core.temperature = start
+
+    def update(record: dict[str, Any]) -> None:
+        done = min(1.0, record["iteration"] / iterations)
+        core.temperature = start * (end / start) ** done
+        record["temperature"] = core.temperature
+
+    return update

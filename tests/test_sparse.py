@@ -1,0 +1,87 @@
+"""Sparse and hardened soft orders against soft ordering and the plain loop of Eq. 7."""
+
+import pytest
+import torch
+
+from softorder import ConvPool, Dense, SoftOrdering
+from softorder.reference import soft_ordering_loop
+from softorder.sparse import TopKSoftOrdering, harden, temperature_schedule
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def rows(n, num_tasks, shape):
+    task = torch.cat([torch.arange(num_tasks), torch.randint(0, num_tasks, (n - num_tasks,))])
+    return torch.randn(n, *shape), task[torch.randperm(n)]
+
+
+def topk_mixing(logits, k):
+    """The top-k weights, renormalised, zero elsewhere: what Eq. 7 then mixes."""
+    chosen = logits.topk(k, dim=1).indices
+    weights = torch.zeros_like(logits).scatter(1, chosen, torch.softmax(logits.gather(1, chosen), dim=1))
+    return weights
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_top_k_equals_eq7_with_the_top_k_weights(kind, k):
+    torch.manual_seed(0)
+    layers = [Dense(6) for _ in range(4)] if kind == "dense" else [ConvPool(3) for _ in range(4)]
+    core = TopKSoftOrdering(layers, 3, k=k).eval()
+    with torch.no_grad():
+        core.logits.normal_(0, 2)
+    h, task = rows(8, 3, (6,) if kind == "dense" else (1, 16, 16))
+    expected = soft_ordering_loop(layers, topk_mixing(core.logits, k), h, task, width=None if kind == "dense" else 3)
+    torch.testing.assert_close(core(h, task), expected, **TOL)
+
+
+def test_top_l_is_soft_ordering():
+    torch.manual_seed(1)
+    layers = [Dense(5) for _ in range(3)]
+    soft, top = SoftOrdering(layers, 2).eval(), TopKSoftOrdering(layers, 2, k=3).eval()
+    with torch.no_grad():
+        soft.logits.normal_()
+        top.logits.copy_(soft.logits)
+    h, task = rows(7, 2, (5,))
+    torch.testing.assert_close(top(h, task), soft(h, task), **TOL)
+
+
+def test_top_1_trains_every_logit_and_samples_every_layer():
+    torch.manual_seed(2)
+    core = TopKSoftOrdering([Dense(4) for _ in range(3)], 2, k=1)
+    h, task = rows(16, 2, (4,))
+    core(h, task).pow(2).sum().backward()
+    assert core.logits.grad is not None and bool((core.logits.grad != 0).all())  # straight-through: all of S
+    seen = {int(j) for _ in range(60) for j in core.selection()[0].flatten()}
+    assert seen == {0, 1, 2}  # Gumbel top-k keeps every layer reachable
+
+
+def test_harden_with_one_hot_weights_equals_the_soft_core():
+    torch.manual_seed(3)
+    layers = [Dense(6) for _ in range(3)]
+    soft = SoftOrdering(layers, 4).eval()
+    order = torch.stack([torch.randperm(3) for _ in range(4)])  # (tasks, depth)
+    with torch.no_grad():
+        soft.logits.copy_(torch.nn.functional.one_hot(order, 3).transpose(1, 2).float() * 1e4)
+    h, task = rows(10, 4, (6,))
+    hard = harden(soft, 1).eval()
+    assert torch.equal(hard.order, order) and hard.layers[0] is layers[0]  # the same layers, not copies
+    torch.testing.assert_close(hard(h, task), soft(h, task), **TOL)
+    torch.testing.assert_close(harden(soft, 2).eval()(h, task), soft(h, task), **TOL)
+    with pytest.raises(ValueError, match="no identity layer"):
+        harden(SoftOrdering(layers, 2, identity_layer=True))
+
+
+def test_temperature_sharpens_the_softmax_and_can_be_annealed():
+    core = SoftOrdering([Dense(3) for _ in range(3)], 1)
+    with torch.no_grad():
+        core.logits.copy_(torch.tensor([[[1.0], [0.0], [0.0]]]).expand(1, 3, 3))
+    cool = core.mixing()[0, 0, 0].item()
+    core.temperature = 0.1
+    assert core.mixing()[0, 0, 0].item() > cool > 1 / 3
+    update = temperature_schedule(core, 1.0, 0.01, 100)
+    record = {"iteration": 50}
+    update(record)
+    assert core.temperature == pytest.approx(0.1) and record["temperature"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="positive"):
+        core.temperature = 0.0
