@@ -7,7 +7,7 @@
 Without a command it runs the benchmark: ``--quick`` (about 2 minutes) uses fewer repetitions,
 Omniglot with 10 tasks, and leaves out the environment section; the full run takes about 6 minutes
 on an idle 2-CPU machine at 1 thread (8-9 minutes on a loaded one). Sections (``--only`` picks
-some): peak, mnist, celeba, omniglot, omniglot50, growth, ablations, overhead, threads, environment.
+some): peak, mnist, celeba, omniglot, omniglot50, sparse, growth, ablations, overhead, threads, environment.
 Every comparison interleaves its candidates (see lib/harness.py); times are medians, speeds are
 ratios of medians. Prints tables and writes every number to the JSON file.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-SECTIONS = ("peak", "mnist", "celeba", "omniglot", "omniglot50", "growth", "ablations", "overhead", "threads", "environment")
+SECTIONS = ("peak", "mnist", "celeba", "omniglot", "omniglot50", "sparse", "growth", "ablations", "overhead", "threads", "environment")
 COMMANDS = ("report", "compile-check")  # "worker" is left out of the help: the environment section starts it
 
 

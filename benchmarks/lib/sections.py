@@ -497,6 +497,48 @@ BEFORE = {
 }
 
 
+def _with_core(w: settings.Workload, make_core, name: str) -> settings.Workload:
+    """The same model and batch with another core built from the soft core (its layers and S)."""
+    import copy
+
+    model = copy.deepcopy(w.model)
+    model.core = make_core(model.core)
+    return settings.Workload(name, model, w.inputs, w.targets, w.specs)
+
+
+def section_sparse(cfg: dict) -> dict:
+    """Top-k and hardened soft orders against dense soft and parallel ordering, one training step
+    each, interleaved (targets: top-1 <= 0.5x dense soft at MNIST-45, <= 0.4x at the CelebA core;
+    the hardened core <= 1.2x parallel)."""
+    from softorder.sparse import TopKSoftOrdering, harden
+
+    out = {}
+    for setting in ("mnist", "celeba"):
+        soft = settings.workload(setting, "soft")
+        torch.manual_seed(0)
+        with torch.no_grad():
+            soft.model.core.logits.normal_(0, 1)  # trained-looking orders: tasks choose different layers
+
+        def top(k):
+            def make(core):
+                sparse = TopKSoftOrdering(list(core.layers), core.num_tasks, k=k, depth=core.depth, dropout=core.dropout)
+                with torch.no_grad():
+                    sparse.logits.copy_(core.logits)
+                return sparse
+            return make
+
+        work = {"dense soft": soft, "top-2": _with_core(soft, top(2), "top-2"), "top-1": _with_core(soft, top(1), "top-1"),
+                "hardened (k = 1)": _with_core(soft, lambda c: harden(c, 1), "hardened"), "parallel": settings.workload(setting, "parallel")}
+        times = harness.interleaved({k: w.step for k, w in work.items()}, cfg["reps"], warmup=1)
+        ratios = {"top-1 / dense soft": harness.ratio(times, "top-1", "dense soft"),
+                  "top-2 / dense soft": harness.ratio(times, "top-2", "dense soft"),
+                  "hardened / parallel": harness.ratio(times, "hardened (k = 1)", "parallel")}
+        table(f"{setting}: sparse and hardened orders, one training step", ["candidate", "median ms"], [[k, ms(v)] for k, v in times.items()])
+        table(f"{setting}: ratios", ["ratio", "value", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
+        out[setting] = {"median_ms": {k: ms(v) for k, v in times.items()}, "ratios": ratios}
+    return out
+
+
 def skipped_before(only: list[str]) -> dict[str, dict]:
     """Reads, up front, each commit that the chosen sections' "before" candidates need; returns, for
     each commit that cannot be read, why and which sections' candidates are left out."""
@@ -545,7 +587,7 @@ def run(only: list[str], quick: bool, threads: int, default_allocator: bool, out
     for s in ("mnist", "celeba"):
         if s in only:
             results[s] = section_setting(s, cfg, peak)
-    runners = {"omniglot": section_omniglot, "omniglot50": section_omniglot50, "growth": section_growth, "ablations": section_ablations,
+    runners = {"omniglot": section_omniglot, "omniglot50": section_omniglot50, "sparse": section_sparse, "growth": section_growth, "ablations": section_ablations,
                "overhead": section_overhead, "threads": section_threads, "environment": section_environment}
     for s, fn in runners.items():
         if s in only:

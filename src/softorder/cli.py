@@ -50,28 +50,42 @@ def cmd_data(args: argparse.Namespace) -> int:
     return run_check(_data_dir(args.data_dir))
 
 
+def _tensorboard(args: argparse.Namespace):  # -> a context manager
+    """``--tensorboard DIR``: training runs inside the returned block log to DIR/<trial or ordering>."""
+    from softorder.experiments.tensorboard_log import summary_writer_class, tensorboard_logging
+
+    folder = getattr(args, "tensorboard", None)
+    if folder is not None:
+        try:
+            summary_writer_class()
+        except ImportError as exc:
+            raise SystemExit(f"softorder: --tensorboard: {exc}") from None
+    return tensorboard_logging(folder)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from softorder.experiments.user_tasks import train_user_tasks
 
     labels = _per_file(args.label, args.files, "--label")
     kinds = _per_file(args.kind, args.files, "--kind")
-    train_user_tasks(
-        args.files,
-        args.out,
-        labels=labels,
-        kinds=kinds,
-        from_run=args.from_run,
-        orderings=tuple(args.ordering or ("parallel", "soft")),
-        width=args.width,
-        depth=args.depth,
-        dropout=args.dropout,
-        identity_layer=args.identity_layer,
-        iterations=args.iterations,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    with _tensorboard(args):
+        train_user_tasks(
+            args.files,
+            args.out,
+            labels=labels,
+            kinds=kinds,
+            from_run=args.from_run,
+            orderings=tuple(args.ordering or ("parallel", "soft")),
+            width=args.width,
+            depth=args.depth,
+            dropout=args.dropout,
+            identity_layer=args.identity_layer,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            progress=not args.no_progress,
+        )
     return 0
 
 
@@ -156,14 +170,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trials is not None:
         overrides["trials"] = args.trials
     common = dict(quick=args.quick, overrides=overrides, data_dir=_data_dir(args.data_dir), trial_keys=args.trial)
-    if args.command == "train":
-        from softorder.distributed.torchrun import run_experiment_data_parallel
+    with _tensorboard(args):
+        if args.command == "train":
+            from softorder.distributed.torchrun import run_experiment_data_parallel
 
-        summary = run_experiment_data_parallel(experiment, out, **common)
-        if summary is None:  # a non-zero rank: rank 0 reports
-            return 0
-    else:
-        summary = run_experiment(experiment, out, executor=_executor(args), **common)
+            summary = run_experiment_data_parallel(experiment, out, **common)
+            if summary is None:  # a non-zero rank: rank 0 reports
+                return 0
+        else:
+            summary = run_experiment(experiment, out, executor=_executor(args), **common)
     _print_summary(summary, out)
     failed = summary.get("trials_failed") or []
     if failed:
@@ -190,7 +205,7 @@ def _print_summary(summary: dict, out: Path) -> None:
     figures = summary.get("figures") or []
     if figures:
         print("figures: " + ", ".join(str(out / f) for f in figures))
-    print(f"results in {out} (summary.json has every number)")
+    print(f"results in {out} (summary.json has every number; results.csv one row per trial, method, task and split)")
 
 
 def _mean_ci_lines(node: object, path: tuple[str, ...] = ()) -> Iterator[str]:
@@ -211,6 +226,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, help="number of trials per setting")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting of the preset (repeatable)")
     p.add_argument("--trial", action="append", metavar="KEY", help="run only this trial (repeatable; default: all)")
+
+
+def _add_tensorboard_option(p: argparse.ArgumentParser, runs: str) -> None:
+    p.add_argument("--tensorboard", metavar="DIR", help=f"log training to TensorBoard under DIR/<{runs}>: loss, each split's error "
+                   "(mean and per task), soft-order weights (pip install 'softorder[tensorboard]')")
 
 
 def _positive_int(text: str) -> int:
@@ -246,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("reproduce", help="run one of the paper's experiments")
     _add_run_options(rep)
+    _add_tensorboard_option(rep, "trial")
     rep.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser(
@@ -285,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float, default=1e-3)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--no-progress", action="store_true")
+    _add_tensorboard_option(fit, "ordering")
     fit.set_defaults(func=cmd_fit)
 
     predict = sub.add_parser("predict", help="predict with a model trained by softorder fit, one output row per input row")
@@ -302,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun --nproc_per_node N -m softorder.distributed EXPERIMENT [--trial KEY]. Alone, trains them in this process.",
     )
     _add_run_options(train)
+    _add_tensorboard_option(train, "trial")
     train.set_defaults(func=cmd_run)
     records = sub.add_parser("records", help="rebuild an experiment's tables and figures from its committed trial records")
     records.add_argument("experiment", choices=["omniglot"], help="whose records (omniglot: the paper's protocol, Fig. 6c)")

@@ -304,6 +304,7 @@ class _Run:
             name, value = next((n, v.item()) for n, v in losses.items() if not torch.isfinite(v))
             raise TrainingDiverged(f"loss of task {name!r} is {value} at iteration {iteration}; {self.files.where_kept()}")
         self.optimizer.step()
+        self.strategy.sync_buffers(self.model)
         return loss.item()
 
     def _losses_and_gradients(self, batch: Batch) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.tensorboard_log import eval_logger
 from softorder.model import build_model
 from softorder.train import TrainConfig, fit
 from softorder.transfer import assemble_for_new_tasks
@@ -69,7 +70,7 @@ class BuildingBlocks(Experiment):
                 seed=seed,
                 progress=False,
             )
-            history = fit(model, tasks, cfg, run_dir=trial_dir / name)
+            history = fit(model, tasks, cfg, run_dir=trial_dir / name, on_eval=eval_logger(f"{trial.key}/{name}", model, iterations))
             return float(history.last.get(f"val_error/{heldout}", history.last.get("val_error", np.nan)))
 
         pretrained = build_model(others.specs, ordering="soft", seed=seed, **arch)
@@ -81,6 +82,10 @@ class BuildingBlocks(Experiment):
             "single-task": build_model(target.specs, ordering="single", seed=seed, **arch),
         }
         return {cond: train(models[cond], target, config["heldout_iterations"], cond) for cond in CONDITIONS}
+
+    def tidy_rows(self, config: Mapping[str, Any], trial: Trial, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The held-out task's validation error under each condition (the method column)."""
+        return [{"method": c, "task": trial.params["heldout"], "split": "val", "error": result[c]} for c in CONDITIONS if c in result]
 
     def summarize(self, config: Mapping[str, Any], results: Mapping[str, dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         per_task: dict[str, dict[str, dict[str, float]]] = {}

@@ -168,7 +168,7 @@ class CelebAExperiment(Experiment):
             seed=seed,
             progress=False,
         )
-        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations))
+        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations, model=model))
         test = evaluate(model, data, "test", batch_size=config["eval_batch_size"], device=device)
         attributes = list(data.attribute_names)
         switched = next((r["iteration"] for r in history.records if "switched_optimizer" in r), None)
@@ -177,6 +177,7 @@ class CelebAExperiment(Experiment):
             "method": method,
             "attributes": attributes,
             "test_error": {a: test[a]["error"] for a in attributes if a in test},
+            "test_loss": {n: r["loss"] for n, r in test.items()},  # every task's, the landmarks' too
             "mean_test_error": float(np.mean([test[a]["error"] for a in attributes if a in test])),
             "landmark_test_mse": test.get(celeba.LANDMARK_TASK, {}).get("error"),
             "mean_val_error": float(np.mean([last[f"val_error/{a}"] for a in attributes if f"val_error/{a}" in last])),
@@ -192,6 +193,18 @@ class CelebAExperiment(Experiment):
             "train_seconds": last.get("elapsed_s"),
             "seconds_per_iteration": (last.get("elapsed_s") or float("nan")) / max(1, int(config["iterations"])),
         }
+
+    def tidy_rows(self, config: Mapping[str, Any], trial: Trial, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each attribute's test error and loss, and the landmark task's (error: MSE); none for a skipped trial."""
+        if "skipped" in result:
+            return []
+        from softorder.data.celeba import LANDMARK_TASK
+
+        errors = dict(result["test_error"])
+        if result.get("landmark_test_mse") is not None:
+            errors[LANDMARK_TASK] = result["landmark_test_mse"]
+        losses = result.get("test_loss") or {}
+        return [{"method": result["method"], "task": task, "split": "test", "error": error, "loss": losses.get(task)} for task, error in errors.items()]
 
     def summarize(self, config: Mapping[str, Any], results: Mapping[str, dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         table: dict[str, Any] = {}

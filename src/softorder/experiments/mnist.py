@@ -136,7 +136,7 @@ class Mnist(Experiment):
             if method == "soft":  # stored in the history record itself, so it survives a resume
                 record["mixing"] = mixing_of(model).tolist()
 
-        history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, also=record_mixing))
+        history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, also=record_mixing, model=model))
         last = history.last
         result: dict[str, Any] = {
             "num_tasks": num_tasks,

@@ -171,7 +171,7 @@ class OmniglotExperiment(Experiment):
             seed=seed,
             progress=False,
         )
-        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations))
+        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations, model=model))
         last = history.last
         names = data.task_names
         side = data.specs[0].input_shape[-1]

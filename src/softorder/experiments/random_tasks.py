@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from softorder.experiments.runner import Experiment, Trial, mean_ci
+from softorder.experiments.tensorboard_log import eval_logger
 from softorder.layers import Dense
 from softorder.model import MultitaskModel
 from softorder.orderings import ParallelOrdering, PermutedOrdering
@@ -141,7 +142,7 @@ class RandomTasks(Experiment):
             seed=t,
             progress=False,
         )
-        history = fit(model, data, train, run_dir=trial_dir)
+        history = fit(model, data, train, run_dir=trial_dir, on_eval=eval_logger(trial.key, model, iterations))
         last = history.last
         acc_by_iter = [(r["iteration"], 1.0 - r["train_error"]) for r in history.records]
         return {
@@ -156,6 +157,11 @@ class RandomTasks(Experiment):
             "accuracy_by_iteration": acc_by_iter,
             "seconds": last.get("elapsed_s"),
         }
+
+    def tidy_rows(self, config: Mapping[str, Any], trial: Trial, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each task's training (fitting) error, ``1 - accuracy``, after the last iteration."""
+        return [{"method": result["ordering"], "task": task, "split": "train", "error": 1.0 - accuracy}
+                for task, accuracy in result["task_accuracy"].items()]
 
     def summarize(self, config: Mapping[str, Any], results: Mapping[str, dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         curves: dict[str, dict[str, dict[int, dict[str, float]]]] = {}

@@ -3,7 +3,8 @@
 An :class:`Experiment` lists its trials for a resolved configuration, runs one trial into its
 directory, and summarises the finished ones. :func:`run_experiment` writes ``config.json``, runs every
 trial whose ``result.json`` is missing (a finished trial is never run again; an interrupted one
-continues from its checkpoint), then writes ``summary.json`` and the figures. The trial loop is
+continues from its checkpoint), then writes ``results.csv`` (one row per trial, method, task and split:
+:meth:`Experiment.tidy_rows`), ``summary.json`` and the figures. The trial loop is
 pluggable (``executor``) so that the same experiment runs one trial after another
 (:func:`run_trials_locally`, ``softorder reproduce``) or as a sweep of Ray tasks
 (:func:`softorder.distributed.sweep_executor`, ``softorder sweep``). An executor returns the trials
@@ -12,7 +13,9 @@ that failed for good; they are reported in the summary and the others are summar
 
 from __future__ import annotations
 
+import csv
 import functools
+import io
 import json
 import math
 import re
@@ -24,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -32,7 +35,13 @@ from softorder._hints import did_you_mean
 from softorder._io import atomic_write_bytes, atomic_write_json, check_writable_dir
 from softorder.runtime import torch_threads
 
+if TYPE_CHECKING:
+    from torch import nn
+
 RESULT_NAME = "result.json"
+RESULTS_CSV_NAME = "results.csv"
+# a results.csv row: the trial's key and parameters, then these (see Experiment.tidy_rows)
+TIDY_COLUMNS = ("method", "task", "split", "error", "loss")
 LOCK_NAME = "lock"
 
 
@@ -80,6 +89,24 @@ class Experiment(ABC):
             config[key] = value
         config["quick"] = quick
         return config
+
+    def tidy_rows(self, config: Mapping[str, Any], trial: Trial, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A finished trial's final errors for ``results.csv``: one dict per (method, task, split) with
+        the keys of :data:`TIDY_COLUMNS` (``loss`` may be left out); the runner adds the trial's key and
+        parameters. The default reads the per-task dicts ``final_<split>_error`` or
+        ``task_<split>_error`` (and ``..._loss`` beside them) of the result, with the method from the
+        result's or the trial's ``method`` (else ``ordering``). Override it for other shapes."""
+        method = result.get("method") or trial.params.get("method") or trial.params.get("ordering") or result.get("ordering")
+        rows = []
+        for split in ("train", "val", "test"):
+            for prefix in ("final_", "task_"):
+                errors = result.get(f"{prefix}{split}_error")
+                if isinstance(errors, Mapping):
+                    losses = result.get(f"{prefix}{split}_loss") or {}
+                    rows += [{"method": method, "task": task, "split": split, "error": error, "loss": losses.get(task)}
+                             for task, error in errors.items()]
+                    break
+        return rows
 
 
 def check_like_default(name: str, value: Any, default: Any) -> None:
@@ -137,20 +164,28 @@ def progress_reporter(
     percent: bool = True,
     out: TextIO | None = None,
     also: Callable[[dict[str, Any]], None] | None = None,
+    model: nn.Module | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """An ``on_eval`` callback for :func:`softorder.train.fit` that prints how a trial is going.
 
     One line per evaluation (iteration, training loss, mean error of the first evaluated split,
     seconds per iteration so far), at most one every ``every_s`` seconds, and always the last one.
     The error is shown as a percentage with ``percent`` (classification), else as it is (MSE).
-    ``also`` is called first with the same record (e.g. to add quantities to it).
+    ``also`` is called first with the same record (e.g. to add quantities to it). Within a
+    :func:`~softorder.experiments.tensorboard_log.tensorboard_logging` block (``--tensorboard DIR``)
+    every record also goes to TensorBoard under ``DIR/<trial key>``, with ``model``'s soft order.
     """
+    from softorder.experiments.tensorboard_log import eval_logger
+
     last_print = -math.inf
+    tensorboard = eval_logger(trial.key, model, iterations)
 
     def report(record: dict[str, Any]) -> None:
         nonlocal last_print
         if also is not None:
             also(record)
+        if tensorboard is not None:
+            tensorboard(record)
         iteration = int(record.get("iteration", 0))
         now = time.monotonic()
         if iteration < iterations and now - last_print < every_s:
@@ -365,6 +400,7 @@ def run_experiment(
     if failures:
         print(f"[{experiment.name}] {len(failures)} trial(s) failed (errors in their error.txt); rerun the same command to retry them", file=out, flush=True)
     results = finished_results(out_dir, trials)
+    write_results_csv(out_dir / RESULTS_CSV_NAME, experiment, config, trials, results)
     summary = experiment.summarize(config, results, out_dir)
     summary = {
         "experiment": experiment.name,
@@ -375,6 +411,35 @@ def run_experiment(
     }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def results_table(experiment: Experiment, config: Mapping[str, Any], trials: Sequence[Trial], results: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The columns and rows of ``results.csv``: for each finished trial (in the grid's order) its
+    :meth:`Experiment.tidy_rows`, each led by the trial's key (``trial_key``) and parameters."""
+    rows: list[dict[str, Any]] = []
+    columns: dict[str, None] = {"trial_key": None}
+    for trial in trials:
+        if trial.key not in results:
+            continue
+        columns.update((k, None) for k in trial.params if k not in TIDY_COLUMNS)
+        for row in experiment.tidy_rows(config, trial, results[trial.key]):
+            rows.append({"trial_key": trial.key, **trial.params, **row})
+    columns.update((k, None) for k in TIDY_COLUMNS)
+    for row in rows:
+        columns.update((k, None) for k in row)
+    return list(columns), rows
+
+
+def write_results_csv(path: Path, experiment: Experiment, config: Mapping[str, Any], trials: Sequence[Trial], results: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write :func:`results_table` to ``path`` atomically (a header alone while no trial has finished).
+    Empty cells: no value (e.g. a loss the preset does not keep); lists and dicts are written as JSON."""
+    columns, rows = results_table(experiment, config, trials, results)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else ("" if v is None else v) for k, v in row.items()})
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> dict[str, float]:

@@ -119,7 +119,7 @@ class UciExperiment(Experiment):
             seed=seed,
             progress=False,
         )
-        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations))
+        history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations, model=model))
         names = data.task_names
         last = history.last
         return {

@@ -23,6 +23,7 @@ import numpy as np
 from softorder._io import atomic_write_json, check_writable_dir
 from softorder.analysis import mixing_of, plot_layer_usage, plot_task_similarity
 from softorder.data.csv_tasks import CsvTasks, csv_tasks, read_csv_table
+from softorder.experiments.tensorboard_log import eval_logger
 from softorder.model import build_model
 from softorder.orderings import ORDERINGS, SingleTaskCores
 from softorder.saved import SavedModel, load
@@ -86,7 +87,7 @@ def _train_one(ordering: str, data: CsvTasks, config: TrainConfig, out_dir: Path
         build = {"ordering": "soft", "layer": layer.kind, "width": model.core.width, "depth": model.core.depth, "dropout": arch["dropout"],
                  "identity_layer": arch["identity_layer"], "activation": layer.activation, "seed": arch["seed"]}
     print(f"training {ordering} ordering on {len(data.specs)} tasks" + (" over the reused layers" if base else ""), file=out)
-    history = fit(model, data, config, run_dir=out_dir / ordering)
+    history = fit(model, data, config, run_dir=out_dir / ordering, on_eval=eval_logger(ordering, model, config.iterations))
     errors = {n: history.last[f"val_error/{n}"] for n in data.task_names}
     metadata = {"ordering": ordering, "val_error": errors, "mean_val_error": float(np.mean(list(errors.values()))),
                 "reused_layers_of": base.metadata.get("source") if base else None, "source": str(out_dir / ordering / "model")}

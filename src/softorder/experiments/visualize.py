@@ -181,7 +181,7 @@ class Visualize(Experiment):
             seed=t,
             progress=False,
         )
-        history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, percent=False))
+        history = fit(model, data, train, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, train.iterations, percent=False, model=model))
         tasks = [int(i) - 1 for i in config["sweep_tasks"]]
         depths = [int(d) - 1 for d in config["sweep_depths"]]
         layer = int(config["sweep_layer"]) - 1
@@ -205,6 +205,10 @@ class Visualize(Experiment):
             **effect_statistics(sweep),
             "train_seconds": last.get("elapsed_s"),
         }
+
+    def tidy_rows(self, config: Mapping[str, Any], trial: Trial, result: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each image task's training MSE (its loss too) after the last iteration; the model is soft-ordered."""
+        return [{"method": "soft", "task": task, "split": "train", "error": mse, "loss": mse} for task, mse in result["task_train_mse"].items()]
 
     def summarize(self, config: Mapping[str, Any], results: Mapping[str, dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         if not results:
