@@ -147,15 +147,35 @@ def test_fused_path_shares_the_given_modules():
     assert sum(p.numel() for p in core.parameters()) == 3 * (25 + 5) + 2 * 3 * 3
 
 
-def test_dropout_masks_each_layer_output_independently():
-    """In training mode every layer output gets its own mask; eval mode is deterministic."""
+def test_dropout_masks_each_layer_output_independently(monkeypatch):
+    """In training mode every layer's output at every depth gets its own mask (one (G, R, S, L, C)
+    mask per depth on the fused path, one per layer and depth on the plain path); eval mode draws none."""
+    from softorder._kernels import masks as masks_module
+    from softorder._kernels import mixing as mixing_module
+
     torch.manual_seed(6)
-    core = SoftOrdering([Dense(16) for _ in range(3)], 2, dropout=0.5)
-    h, task = mixed_rows(4, 2, (16,))
-    core.eval()
-    torch.testing.assert_close(core(h, task), core(h, task))
-    core.train()
-    assert not torch.allclose(core(h, task), core(h, task))
+    drawn = []
+    original = masks_module.keep_mask
+
+    def record(*args, **kwargs):
+        drawn.append(original(*args, **kwargs).clone())
+        return drawn[-1].clone()
+
+    monkeypatch.setattr(mixing_module, "keep_mask", record)
+    monkeypatch.setattr(masks_module, "keep_mask", record)
+    for layers, expected in (([Dense(16) for _ in range(3)], 2), ([UserLayer(16) for _ in range(3)], 2 * 3)):
+        drawn.clear()
+        core = SoftOrdering(layers, 2, depth=2, dropout=0.5)
+        h, task = mixed_rows(64, 2, (16,))
+        core.eval()
+        torch.testing.assert_close(core(h, task), core(h, task))
+        assert drawn == []
+        core.train()
+        core(h, task)
+        assert len(drawn) == expected
+        per_layer = [m[..., j, :] for m in drawn for j in range(3)] if expected == 2 else drawn
+        assert all(0.4 < float(m.mean()) < 0.6 for m in per_layer)
+        assert all(not torch.equal(a, b) for i, a in enumerate(per_layer) for b in per_layer[i + 1 :])
 
 
 def test_single_task_cores_are_separate_models():

@@ -219,7 +219,9 @@ def _mean_ci_lines(node: object, path: tuple[str, ...] = ()) -> Iterator[str]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="random-tasks, mnist, visualize, uci, omniglot or celeba (or package.module:EXPERIMENT)")
+    from softorder.experiments import PRESETS
+
+    p.add_argument("name", help=f"a preset: {', '.join(PRESETS)} (or package.module:EXPERIMENT for your own)")
     p.add_argument("--quick", action="store_true", help="reduced settings for two CPU cores (about ten minutes)")
     p.add_argument("--out", help="run directory (default: runs/NAME[-quick]); rerun to resume")
     p.add_argument("--data-dir", help="data directory (default: $SOFTORDER_DATA or the user cache)")
