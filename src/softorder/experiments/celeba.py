@@ -51,6 +51,77 @@ PAPER_TABLE: dict[str, float] = {
 }
 
 
+def _landmarks_missing(config: Mapping[str, Any], spec: Mapping[str, Any], data_dir: Path | None) -> str | None:
+    """Why a landmark trial is skipped on a partial download (None when it can run)."""
+    from softorder.data import celeba
+    from softorder.data.paths import resolve_data_dir
+
+    if spec["landmarks"] and config["available_only"] and not celeba.LANDMARKS_FILE.path(resolve_data_dir(data_dir)).is_file():
+        return (f"{celeba.LANDMARKS_FILE.name} is missing from {resolve_data_dir(data_dir) / 'celeba'}; "
+                "put it there, delete this trial's folder and rerun to include the landmark task")
+    return None
+
+
+def _data_and_trunk(config: Mapping[str, Any], spec: Mapping[str, Any], data_dir: Path | None, seed: int) -> tuple[Any, Any, int, list[str]]:
+    """The attribute tasks, the trunk and its feature count, and the loaders' warnings (each once)."""
+    from softorder.data import celeba
+    from softorder.trunks import build_trunk
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = celeba.celeba_tasks(data_dir, image_size=int(config["image_size"]), include_landmarks=spec["landmarks"],
+                                   available_only=bool(config["available_only"]), split_seed=int(config["split_seed"]),
+                                   threads=int(config["loader_threads"]), verify=bool(config["verify_data"]))
+        torch.manual_seed(seed)
+        trunk, features = build_trunk(config["trunk"], config["weights"])
+    notes = sorted({str(w.message) for w in caught})
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return data, trunk, features, notes
+
+
+def _train_config(config: Mapping[str, Any], seed: int) -> Any:
+    from softorder.train import TrainConfig
+
+    device = config["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TrainConfig(iterations=config["iterations"], batch_size=config["batch_size"], lr=config["lr"], eval_every=config["eval_every"],
+                       eval_splits=("val",), eval_batch_size=config["eval_batch_size"], second_optimizer=config["second_optimizer"],
+                       second_lr=config["second_lr"], patience=config["patience"], num_workers=config["num_workers"],
+                       device=device, seed=seed, progress=False)
+
+
+def _result(config: Mapping[str, Any], method: str, spec: Mapping[str, Any], model: Any, data: Any, history: Any,
+            test: Mapping[str, Mapping[str, float]], notes: list[str], device: str) -> dict[str, Any]:
+    """One trial's JSON-able result."""
+    from softorder.analysis import mixing_of
+    from softorder.data import celeba
+
+    attributes = list(data.attribute_names)
+    last = history.last
+    return {
+        "method": method,
+        "attributes": attributes,
+        "test_error": {a: test[a]["error"] for a in attributes if a in test},
+        "test_loss": {n: r["loss"] for n, r in test.items()},  # every task's, the landmarks' too
+        "mean_test_error": float(np.mean([test[a]["error"] for a in attributes if a in test])),
+        "landmark_test_mse": test.get(celeba.LANDMARK_TASK, {}).get("error"),
+        "mean_val_error": float(np.mean([last[f"val_error/{a}"] for a in attributes if f"val_error/{a}" in last])),
+        "val_loss": [(r["iteration"], r.get("val_loss")) for r in history.records],
+        "switched_to_second_optimizer_at": next((r["iteration"] for r in history.records if "switched_optimizer" in r), None),
+        "mixing": mixing_of(model).tolist(),
+        "task_names": list(data.task_names),
+        "identity_layer": spec["identity_layer"],
+        "split_sizes": {s: int(len(data.files[s])) for s in ("train", "val", "test")},
+        "trunk": config["trunk"],
+        "device": device,
+        "warnings": notes,
+        "train_seconds": last.get("elapsed_s"),
+        "seconds_per_iteration": (last.get("elapsed_s") or float("nan")) / max(1, int(config["iterations"])),
+    }
+
+
 def parse_method(method: str) -> dict[str, Any]:
     """``"soft+identity+landmarks"`` -> ``{"ordering": "soft", "identity_layer": True, "landmarks": True}``."""
     parts = [p.strip() for p in str(method).split("+")]
@@ -106,93 +177,23 @@ class CelebAExperiment(Experiment):
         return [Trial(f"{m}/trial={t}", {"method": m, "trial": t}) for m in config["methods"] for t in range(int(config["trials"]))]
 
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
-        from softorder.analysis import mixing_of
-        from softorder.data import celeba
-        from softorder.data.paths import resolve_data_dir
         from softorder.model import build_model
-        from softorder.train import TrainConfig, evaluate, fit
-        from softorder.trunks import build_trunk
+        from softorder.train import evaluate, fit
 
         method, seed = trial.params["method"], int(trial.params["trial"])
         spec = parse_method(method)
-        if spec["landmarks"] and config["available_only"] and not celeba.LANDMARKS_FILE.path(resolve_data_dir(data_dir)).is_file():
-            reason = (
-                f"{celeba.LANDMARKS_FILE.name} is missing from {resolve_data_dir(data_dir) / 'celeba'}; "
-                "put it there, delete this trial's folder and rerun to include the landmark task"
-            )
+        reason = _landmarks_missing(config, spec, data_dir)
+        if reason:
             warnings.warn(f"celeba: skipping {method}: {reason}", stacklevel=2)
             return {"skipped": reason}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = celeba.celeba_tasks(
-                data_dir,
-                image_size=int(config["image_size"]),
-                include_landmarks=spec["landmarks"],
-                available_only=bool(config["available_only"]),
-                split_seed=int(config["split_seed"]),
-                threads=int(config["loader_threads"]),
-                verify=bool(config["verify_data"]),
-            )
-            torch.manual_seed(seed)
-            trunk, features = build_trunk(config["trunk"], config["weights"])
-        notes = sorted({str(w.message) for w in caught})
-        for note in notes:
-            warnings.warn(note, stacklevel=2)
-        model = build_model(
-            data.specs,
-            ordering=spec["ordering"],
-            layer="dense",
-            width=config["width"],
-            depth=config["depth"],
-            encoder=trunk,
-            encoder_features=features,
-            dropout=config["dropout"],
-            identity_layer=spec["identity_layer"],
-            seed=seed,
-        )
-        device = config["device"]
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        cfg = TrainConfig(
-            iterations=config["iterations"],
-            batch_size=config["batch_size"],
-            lr=config["lr"],
-            eval_every=config["eval_every"],
-            eval_splits=("val",),
-            eval_batch_size=config["eval_batch_size"],
-            second_optimizer=config["second_optimizer"],
-            second_lr=config["second_lr"],
-            patience=config["patience"],
-            num_workers=config["num_workers"],
-            device=device,
-            seed=seed,
-            progress=False,
-        )
+        data, trunk, features, notes = _data_and_trunk(config, spec, data_dir, seed)
+        model = build_model(data.specs, ordering=spec["ordering"], layer="dense", width=config["width"], depth=config["depth"],
+                            encoder=trunk, encoder_features=features, dropout=config["dropout"],
+                            identity_layer=spec["identity_layer"], seed=seed)
+        cfg = _train_config(config, seed)
         history = fit(model, data, cfg, run_dir=trial_dir, on_eval=progress_reporter(self.name, trial, cfg.iterations, model=model))
-        test = evaluate(model, data, "test", batch_size=config["eval_batch_size"], device=device)
-        attributes = list(data.attribute_names)
-        switched = next((r["iteration"] for r in history.records if "switched_optimizer" in r), None)
-        last = history.last
-        return {
-            "method": method,
-            "attributes": attributes,
-            "test_error": {a: test[a]["error"] for a in attributes if a in test},
-            "test_loss": {n: r["loss"] for n, r in test.items()},  # every task's, the landmarks' too
-            "mean_test_error": float(np.mean([test[a]["error"] for a in attributes if a in test])),
-            "landmark_test_mse": test.get(celeba.LANDMARK_TASK, {}).get("error"),
-            "mean_val_error": float(np.mean([last[f"val_error/{a}"] for a in attributes if f"val_error/{a}" in last])),
-            "val_loss": [(r["iteration"], r.get("val_loss")) for r in history.records],
-            "switched_to_second_optimizer_at": switched,
-            "mixing": mixing_of(model).tolist(),
-            "task_names": list(data.task_names),
-            "identity_layer": spec["identity_layer"],
-            "split_sizes": {s: int(len(data.files[s])) for s in ("train", "val", "test")},
-            "trunk": config["trunk"],
-            "device": device,
-            "warnings": notes,
-            "train_seconds": last.get("elapsed_s"),
-            "seconds_per_iteration": (last.get("elapsed_s") or float("nan")) / max(1, int(config["iterations"])),
-        }
+        test = evaluate(model, data, "test", batch_size=config["eval_batch_size"], device=cfg.device)
+        return _result(config, method, spec, model, data, history, test, notes, cfg.device)
 
     def tidy_rows(self, config: Mapping[str, Any], trial: Trial, result: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Each attribute's test error and loss, and the landmark task's (error: MSE); none for a skipped trial."""
