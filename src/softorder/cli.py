@@ -254,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/performance.md). Experiment trials use their preset's threads setting (--set threads=N) where it is set",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_data, _add_experiment_commands, _add_fit, _add_predict, _add_records):
+        add(sub)
+    return parser
 
+
+def _add_demo(sub: Any) -> None:
     demo = sub.add_parser("demo", help="train soft and parallel ordering on scikit-learn's bundled tasks (about a minute)")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--iterations", type=int, default=4000)
@@ -262,15 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_data(sub: Any) -> None:
     data = sub.add_parser("data", help="check every dataset present in the data directory")
     data.add_argument("--data-dir", help="data directory (default: $SOFTORDER_DATA or the user cache)")
     data.set_defaults(func=cmd_data)
 
+
+def _add_experiment_commands(sub: Any) -> None:
+    """reproduce, sweep and train: one experiment's trials, here, on Ray, or data-parallel."""
     rep = sub.add_parser("reproduce", help="run one of the paper's experiments")
     _add_run_options(rep)
     _add_tensorboard_option(rep, "trial")
     rep.set_defaults(func=cmd_run)
-
     sweep = sub.add_parser(
         "sweep",
         help="run an experiment's trials in parallel as Ray tasks (pip install softorder[distributed])",
@@ -283,12 +292,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpus-per-trial", type=int, default=1, help="CPUs (and torch threads) per trial (default: 1)")
     sweep.add_argument("--max-retries", type=int, default=2, help="times a failed trial is run again before it is reported (default: 2)")
     sweep.set_defaults(func=cmd_run)
+    train = sub.add_parser(
+        "train",
+        help="train an experiment's trials data-parallel: run under torchrun (docs/distributed.md)",
+        description="Every process of a torchrun job trains the same trials, each process a share of every batch: "
+        "torchrun --nproc_per_node N -m softorder.distributed EXPERIMENT [--trial KEY]. Alone, trains them in this process.",
+    )
+    _add_run_options(train)
+    _add_tensorboard_option(train, "trial")
+    train.set_defaults(func=cmd_run)
 
+
+def _add_fit(sub: Any) -> None:
     fit = sub.add_parser(
         "fit",
         help="train the orderings on your own tasks: one CSV file per task",
         description="Each CSV file is a task: numeric feature columns and a label column (the last unless --label). "
-        "Trains each ordering, prints validation error per task, writes checkpoints (rerun to resume) and figures to --out.",
+        "Trains each ordering, prints validation error per task, writes checkpoints (rerun to resume), a saved model "
+        "per ordering and figures to --out.",
     )
     fit.add_argument("files", nargs="+", help="CSV files, one per task (named after the file)")
     fit.add_argument("--out", default="runs/fit", help="output directory (default: runs/fit)")
@@ -299,18 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--from", dest="from_run", metavar="RUN", help="reuse the shared layers trained in RUN (a softorder fit --out folder), "
                      "frozen: learn only the new tasks' soft order, encoders and decoders")
     fit.add_argument("--ordering", action="append", choices=list(ORDERINGS), help="repeatable (default: parallel and soft)")
-    fit.add_argument("--width", type=int, default=32)
-    fit.add_argument("--depth", type=int, default=4)
-    fit.add_argument("--dropout", type=float, default=0.2)
+    for flag, kind, default in (("--width", int, 32), ("--depth", int, 4), ("--dropout", float, 0.2), ("--iterations", int, 2000),
+                                ("--batch-size", int, 32), ("--lr", float, 1e-3), ("--seed", int, 0)):
+        fit.add_argument(flag, type=kind, default=default, help=f"(default: {default})" + (" rows per task per iteration" if flag == "--batch-size" else ""))
     fit.add_argument("--identity-layer", action="store_true", help="add the identity layer to soft ordering")
-    fit.add_argument("--iterations", type=int, default=2000)
-    fit.add_argument("--batch-size", type=int, default=32, help="rows per task per iteration")
-    fit.add_argument("--lr", type=float, default=1e-3)
-    fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--no-progress", action="store_true")
     _add_tensorboard_option(fit, "ordering")
     fit.set_defaults(func=cmd_fit)
 
+
+def _add_predict(sub: Any) -> None:
     predict = sub.add_parser("predict", help="predict with a model trained by softorder fit, one output row per input row")
     predict.add_argument("run", help="a softorder fit --out folder, or one saved model's folder")
     predict.add_argument("file", help="a CSV file with the task's feature columns (its label column may be left out)")
@@ -319,21 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", help="write the predictions here (default: standard output)")
     predict.set_defaults(func=cmd_predict)
 
-    train = sub.add_parser(
-        "train",
-        help="train an experiment's trials data-parallel: run under torchrun (docs/distributed.md)",
-        description="Every process of a torchrun job trains the same trials, each process a share of every batch: "
-        "torchrun --nproc_per_node N -m softorder.distributed EXPERIMENT [--trial KEY]. Alone, trains them in this process.",
-    )
-    _add_run_options(train)
-    _add_tensorboard_option(train, "trial")
-    train.set_defaults(func=cmd_run)
+
+def _add_records(sub: Any) -> None:
     records = sub.add_parser("records", help="rebuild an experiment's tables and figures from its committed trial records")
     records.add_argument("experiment", choices=["omniglot"], help="whose records (omniglot: the paper's protocol, Fig. 6c)")
     records.add_argument("folder", help="the records' folder, e.g. results/omniglot")
     records.add_argument("--out", default=None, help="where to write the tables and figures (default: the records' folder)")
     records.set_defaults(func=cmd_records)
-    return parser
 
 
 def cmd_records(args: argparse.Namespace) -> int:
