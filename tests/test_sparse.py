@@ -85,3 +85,16 @@ def test_temperature_sharpens_the_softmax_and_can_be_annealed():
     assert core.temperature == pytest.approx(0.1) and record["temperature"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="positive"):
         core.temperature = 0.0
+
+
+def test_top_k_forward_shared_equals_repeated_rows():
+    torch.manual_seed(4)
+    core = TopKSoftOrdering([Dense(5) for _ in range(4)], 3, k=2, dropout=0.5)
+    with torch.no_grad():
+        core.logits.normal_(0, 2)
+    z, tasks = torch.randn(6, 5), torch.tensor([2, 0, 1])
+    core.eval()
+    torch.testing.assert_close(core.forward_shared(z, tasks), core(z.repeat(3, 1), tasks.repeat_interleave(6)), **TOL)
+    core.train()
+    out = core.forward_shared(z, tasks)
+    assert out.shape == (18, 5) and torch.isfinite(out).all()

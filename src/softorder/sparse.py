@@ -5,7 +5,8 @@ in training and at inference. Two ways out:
 
 - :class:`TopKSoftOrdering` evaluates, for each task and depth, only the k layers of highest weight,
   mixed with their weights renormalised over those k. Each layer runs only on the rows of the tasks
-  that selected it, so a step costs about k / L of dense soft ordering's layer work. In training the
+  that selected it (rows grouped by layer, one call per layer and slot), so a step costs about
+  k / L of dense soft ordering's layer work; rows given to every task run the first depth once. In training the
   k layers are drawn without replacement in proportion to the softmax weights (Gumbel top-k), so
   every layer stays reachable, and the gradient reaches all of S through a straight-through term:
   the mixing weights' values are the renormalised ones, their gradient is the full softmax's.
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from softorder.orderings import HardOrdering, SoftOrdering, _per_row
+from softorder.orderings import HardOrdering, SoftOrdering, _per_row, apply_by_group
 
 
 class TopKSoftOrdering(SoftOrdering):
@@ -60,30 +61,36 @@ class TopKSoftOrdering(SoftOrdering):
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)
         chosen, weights = self.selection()
-        chosen, weights = chosen[task], weights[task]  # (N, k, depth)
-        for k in range(self.depth):
-            h = self._sparse_depth(self._widen(h), chosen[:, :, k], weights[:, :, k])
-        return h
+        return self._depths(self._widen(h), chosen[task], weights[task], first=0)
 
     def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
+        """Rows given to every task: at the first depth each chosen layer runs once on the B rows
+        (dropout and weights then per task), as dense soft ordering's forward_shared does."""
         tasks = self._check_shared(z, tasks)
-        h = z.repeat(tasks.shape[0], *([1] * (z.dim() - 1)))
-        return self(h, tasks.repeat_interleave(z.shape[0]))
+        chosen, weights = self.selection()
+        chosen, weights = chosen[tasks], weights[tasks]  # (T, k, depth)
+        x = self._widen(z)
+        outs = {j: self._apply_checked(j, x) for j in chosen[:, :, 0].unique().tolist()}
+        per_row = lambda w: w.repeat_interleave(z.shape[0], dim=0)  # noqa: E731  (T, ...) -> (T * B, ...)
+        h = sum(_per_row(per_row(weights[:, i, 0]), self._drop(torch.cat([outs[j] for j in chosen[:, i, 0].tolist()])))
+                for i in range(self.k))
+        return self._depths(h, per_row(chosen), per_row(weights), first=1)
+
+    def _depths(self, h: Tensor, chosen: Tensor, weights: Tensor, first: int) -> Tensor:
+        """Depths ``first``.. : chosen and weights (N, k, depth) for each row."""
+        for d in range(first, self.depth):
+            h = self._sparse_depth(self._widen(h), chosen[:, :, d], weights[:, :, d])
+        return h
 
     def _sparse_depth(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
-        """x (N, C, ...), chosen and weights (N, k) -> (N, C', ...): each layer on the rows that
-        chose it, weighted and summed into the rows."""
+        """x (N, C, ...), chosen and weights (N, k) -> (N, C', ...): for each of the k slots, every
+        row through the layer it chose there (rows grouped by layer, one call per layer), weighted."""
         out: Tensor | None = None
-        for j in range(self.num_layers):
-            hit = chosen == j  # (N, k)
-            rows = hit.any(dim=1).nonzero().flatten()
-            if rows.numel() == 0:
-                continue
-            y = self._drop(self._apply_checked(j, x[rows]))
-            part = _per_row((weights * hit).sum(dim=1)[rows], y)
-            out = torch.zeros(x.shape[0], *y.shape[1:], dtype=y.dtype, device=y.device) if out is None else out
-            out = out.index_add(0, rows, part)
-        assert out is not None  # every row chose k >= 1 layers
+        for i in range(self.k):
+            y = apply_by_group(x, chosen[:, i], self.num_layers, lambda j, rows: self._drop(self._apply_checked(j, rows)))
+            term = _per_row(weights[:, i], y)
+            out = term if out is None else out + term
+        assert out is not None
         return out
 
 
