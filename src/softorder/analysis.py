@@ -108,7 +108,7 @@ def plot_layer_usage(
             ax.set_xlabel("depth")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="weight of layer at depth")
-    fig.suptitle(title or "Learned layer usage by depth (red: strongest path)", fontsize=11)
+    fig.suptitle(title or "Learned layer usage by depth (red: strongest path)", fontsize=11, y=1.0 + 0.07 / rows)
     return save_figure(fig, path)
 
 

@@ -4,8 +4,10 @@ The paper's trunk is a ResNet-50 with ImageNet weights, truncated at the final a
 (2,048 features per image), then projected linearly to the 256 units of the soft-ordered core
 (:func:`softorder.model.build_model` adds that projection when ``encoder_features`` is given).
 
-* :func:`resnet50_trunk` is torchvision's ResNet-50 (``pip install "softorder[vision]"``), with
-  ImageNet weights from torchvision's cache (``weights="imagenet"``) or from a state-dict file.
+* :func:`resnet50_trunk` is torchvision's ResNet-50 (``pip install "softorder[vision]"``; the
+  torchvision release must be the one made for the installed torch, and for a CPU build of torch
+  come from PyTorch's CPU index), with ImageNet weights from torchvision's cache
+  (``weights="imagenet"``) or from a state-dict file.
 * :func:`resnet50_plain_trunk` is the same architecture written in plain PyTorch, with
   torchvision's parameter names, so a torchvision ResNet-50 state-dict file loads into it where
   torchvision itself cannot be installed. It is used here to time ResNet-50.
@@ -19,6 +21,7 @@ with the ImageNet mean and standard deviation as the CelebA loader does, to ``(n
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +32,71 @@ from torch import Tensor, nn
 RESNET50_FEATURES = 2048
 TRUNKS = ("resnet50", "resnet50-plain", "small-cnn")
 _IMAGENET_NAMES = ("imagenet", "IMAGENET1K_V1", "IMAGENET1K_V2", "DEFAULT")
-_VISION_HINT = (
-    "the ResNet-50 trunk needs torchvision: pip install \"softorder[vision]\" (a torchvision build matching "
-    "your torch), or use trunk='resnet50-plain' (the same network in plain PyTorch, which loads a "
-    "torchvision state-dict file) or trunk='small-cnn' (a small CNN for CPU smoke runs)"
+_TORCH_INDEX = "https://download.pytorch.org/whl"  # PyTorch's own package index, one folder per build
+_TORCH_BUILD = re.compile(r"cpu|cu\d+|rocm[\d.]+|xpu")  # local version labels of the builds served there
+_ALTERNATIVES = (
+    "Or use trunk='resnet50-plain' (the same network in plain PyTorch, which loads a torchvision "
+    "state-dict file) or trunk='small-cnn' (a small CNN for CPU smoke runs)."
 )
+
+
+def _matching_torchvision(torch_version: str) -> str | None:
+    """The torchvision release made for a torch release: ``'2.13.0+cpu' -> '0.28'``; None if unknown.
+
+    Every torchvision release is built against one torch release and pins it exactly (torchvision
+    0.28.0 requires torch==2.13.0); for torch 2.N that is torchvision 0.(N + 15).
+    """
+    m = re.match(r"(\d+)\.(\d+)", torch_version)
+    if m is None or int(m[1]) != 2:
+        return None
+    return f"0.{int(m[2]) + 15}"
+
+
+def _installed_torchvision() -> str | None:
+    """The installed torchvision distribution's version, or None (read without importing it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchvision")
+    except PackageNotFoundError:
+        return None
+
+
+def _torchvision_hint(exc: BaseException) -> str:
+    """What went wrong importing torchvision, the release that matches this torch, and how to install it."""
+    torch_version = str(torch.__version__)
+    public, _, build = torch_version.partition("+")
+    series = _matching_torchvision(torch_version)
+    installed = _installed_torchvision()
+    if installed is None and isinstance(exc, ModuleNotFoundError) and exc.name in (None, "torchvision"):
+        what = "torchvision is not installed."
+    else:
+        name = "torchvision" if installed is None else f"torchvision {installed}"
+        what = f"{name} is installed but does not import with torch {torch_version} ({type(exc).__name__}: {exc})."
+    if series is None:
+        want = (f"It must be the torchvision release made for torch {public} (the table at "
+                "https://github.com/pytorch/vision#installation).")
+        pin = "torchvision"
+    else:
+        want = (f"It must be torchvision {series}, the release made for torch {'.'.join(public.split('.')[:2])}: "
+                "each torchvision release imports only with the torch release it was built for.")
+        pin = f"torchvision=={series}.*"
+    first = "pip uninstall -y torchvision && " if installed is not None else ""
+    if build == "cpu":
+        how = (f"This torch ({torch_version}) is a CPU-only build from PyTorch's index, and torchvision from PyPI is built for PyPI's "
+               "CUDA torch and fails to import next to it; take torchvision from the same CPU index: "
+               f'{first}pip install "{pin}" "torch=={public}" --index-url {_TORCH_INDEX}/cpu '
+               '(pip install "softorder[vision]" alone takes torchvision from PyPI: the newest one, with the torch '
+               "release that it pins).")
+    elif build and _TORCH_BUILD.fullmatch(build):
+        how = (f"This torch ({torch_version}) comes from PyTorch's {build} index; take torchvision from the same index: "
+               f'{first}pip install "{pin}" "torch=={public}" --index-url {_TORCH_INDEX}/{build}')
+    elif build:
+        how = f"This torch ({torch_version}) is a custom build; build torchvision from source against it."
+    else:
+        how = (f'Install it with: {first}pip install "softorder[vision]" "torch=={public}" (naming your torch '
+               "version keeps pip from replacing torch with the newest release to suit the newest torchvision).")
+    return f"the ResNet-50 trunk needs torchvision: {what} {want} {how} {_ALTERNATIVES}"
 
 
 class _Flatten(nn.Module):
@@ -94,12 +157,14 @@ def resnet50_trunk(weights: str | os.PathLike[str] | None = None) -> tuple[nn.Mo
             downloaded), or a path to a ResNet-50 state-dict file with torchvision's names.
 
     Raises:
-        ImportError: torchvision is not installed (``pip install "softorder[vision]"``).
+        ImportError: torchvision is not installed, or does not import with this torch (a release
+            made for another torch, or PyPI's CUDA build next to a CPU build of torch); the
+            message names the matching torchvision release and the command that installs it.
     """
     try:
         import torchvision
-    except Exception as exc:  # ImportError, or a torchvision built for another torch
-        raise ImportError(f"{_VISION_HINT} ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # ImportError, or a torchvision built for another torch (or torch build)
+        raise ImportError(_torchvision_hint(exc)) from exc
     if weights is not None and str(weights) in _IMAGENET_NAMES:
         name = "IMAGENET1K_V1" if str(weights) == "imagenet" else str(weights)
         model = torchvision.models.resnet50(weights=getattr(torchvision.models.ResNet50_Weights, name))
