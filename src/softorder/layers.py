@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from softorder._kernels import POOL_COMMUTES, FusedBank, conv_pool
+from softorder._kernels.bank import activate
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
@@ -100,9 +101,8 @@ class ConvPool(nn.Module):
         return self.conv.bias
 
     def forward(self, h: Tensor) -> Tensor:
-        pool_first = self.activation in POOL_COMMUTES
-        y = self.phi(conv_pool(h, self.weight[:, : h.shape[1]], self.bias, self.pool, pool_first=pool_first))
-        return y if pool_first or self.pool == 1 else F.max_pool2d(y, self.pool)
+        y = conv_pool(h, self.weight[:, : h.shape[1]], self.bias, self.pool, pool_first=self.activation in POOL_COMMUTES)
+        return activate(y, self)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, pool={self.pool}"

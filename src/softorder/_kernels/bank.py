@@ -19,6 +19,13 @@ from softorder._kernels.conv import NARROW_CONTRACTION, narrow_conv_max_pool
 POOL_COMMUTES = ("relu", "identity")  # max_pool(phi(x)) == phi(max_pool(x)), in value and gradient
 
 
+def activate(y: Tensor, layer: Any) -> Tensor:
+    """A conv layer's activation on its (pooled, where pooling commutes with it) convolution
+    output, then the pooling where it had to wait for the activation."""
+    y = layer.phi(y)
+    return y if layer.activation in POOL_COMMUTES or layer.pool == 1 else F.max_pool2d(y, layer.pool)
+
+
 def conv_pool(h: Tensor, weight: Tensor, bias: Tensor | None, pool: int, *, pool_first: bool, row_groups: int = 1) -> Tensor:
     """``conv2d`` (same padding) then ``max_pool2d``, before the activation when ``pool_first``.
 
@@ -68,10 +75,11 @@ class FusedBank:
         """Every layer's output: (N, S, L, C), and the shape of one layer's output per row."""
         first = self.layers[0]
         y, shape = self._linear_part(h, weight, bias, pool_first=first.activation in POOL_COMMUTES)
-        y = first.phi(y)
-        if self.kind == "conv" and first.activation not in POOL_COMMUTES and first.pool > 1:
-            y = F.max_pool2d(y, first.pool)
+        if self.kind == "conv":
+            y = activate(y, first)
             shape = (first.channels, *y.shape[2:])
+        else:
+            y = first.phi(y)
         return self._positions_layers_channels(y), shape
 
     def pre_activation(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, tuple[int, ...]]:
@@ -123,8 +131,7 @@ def grouped_forward(copies: Sequence[Any], x: Tensor) -> Tensor:
         y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1), bias.flatten(),
                      padding=first.kernel_size // 2, groups=groups)
         y = F.max_pool2d(y, first.pool) if pool_first and first.pool > 1 else y
-    y = first.phi(y)
-    return y if pool_first or first.pool == 1 else F.max_pool2d(y, first.pool)
+    return activate(y, first)
 
 
 def rows_to_grouped(h: Tensor, groups: int) -> Tensor:
