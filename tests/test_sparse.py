@@ -1,5 +1,7 @@
 """Sparse and hardened soft orders against soft ordering and the plain loop of Eq. 7."""
 
+import io
+
 import pytest
 import torch
 
@@ -98,3 +100,57 @@ def test_top_k_forward_shared_equals_repeated_rows():
     core.train()
     out = core.forward_shared(z, tasks)
     assert out.shape == (18, 5) and torch.isfinite(out).all()
+
+
+def test_the_temperature_is_kept_in_checkpoints_and_old_ones_read_as_1():
+    core = SoftOrdering([Dense(3) for _ in range(3)], 2, temperature=0.25)
+    state = core.state_dict()
+    fresh = SoftOrdering([Dense(3) for _ in range(3)], 2)
+    fresh.load_state_dict(state)
+    assert fresh.temperature == 0.25  # an annealed run resumes at the temperature it had reached
+    del state["softmax_temperature"]  # written before the temperature was kept
+    core.load_state_dict(state)
+    assert core.temperature == 1.0
+
+
+def test_build_model_top_k():
+    from softorder.model import build_model
+    from softorder.tasks import TaskSpec
+
+    specs = [TaskSpec(f"t{i}", (5,), "multiclass", 2) for i in range(3)]
+    model = build_model(specs, ordering="soft", width=6, top_k=2, seed=1)
+    assert isinstance(model.core, TopKSoftOrdering) and model.core.k == 2
+    same = build_model(specs, ordering="soft", width=6, seed=1)  # the same layers from the same seed
+    assert torch.equal(model.core.layers[0].weight, same.core.layers[0].weight)
+    with pytest.raises(ValueError, match="top_k applies to soft ordering"):
+        build_model(specs, ordering="parallel", width=6, top_k=1)
+
+
+def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch):
+    """Every domain and method at tiny settings on fake data: the soft trials carry their hardened
+    errors, the step-time trials every method's time, and a rerun trains nothing."""
+    from softorder.data.fake import write_fake_mnist, write_fake_omniglot, write_fake_uci
+    from softorder.experiments import get_experiment, mnist
+    from softorder.experiments.runner import run_experiment
+
+    data = tmp_path / "data"
+    write_fake_uci(data), write_fake_mnist(data), write_fake_omniglot(data)
+    monkeypatch.setattr(mnist, "VERIFY_DATA", False)
+    tiny = dict(verify_data=False, uci_iterations=4, mnist_iterations=4, omniglot_iterations=2, eval_every=2, omniglot_tasks=2,
+                mnist_tasks=2, timing_rounds=1, timing_steps=1)
+    summary = run_experiment(get_experiment("sparse-orders"), tmp_path / "out", quick=True, overrides=tiny, data_dir=data)
+    assert summary["trials_finished"] == summary["trials_total"] == 3 * (5 + 1)
+    for domain, rows in summary["tables"].items():
+        assert set(rows) >= {"soft", "soft-annealed", "top-2", "top-1", "parallel", "soft, hardened k=1", "soft-annealed, hardened k=2"}
+        assert all(0 <= row["error"]["mean"] <= 1 and row["error"]["n"] == 1 for row in rows.values())
+        assert rows["top-1"]["step_ms"] > 0 and rows["soft, hardened k=1"]["step_ms"] > 0
+    assert "| dense soft, hardened (k = 1) |" in (tmp_path / "out" / "sparse_orders.md").read_text()
+    header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
+    assert "step_ms" in header
+    table = (tmp_path / "out" / "sparse_orders.md").read_text()
+    log = io.StringIO()
+    run_experiment(get_experiment("sparse-orders"), tmp_path / "out", quick=True, overrides=tiny, data_dir=data, out=log)
+    assert "18 already finished, 0 to run" in log.getvalue()
+    assert (tmp_path / "out" / "sparse_orders.md").read_text() == table
+    with pytest.raises(ValueError, match="unknown domain"):
+        get_experiment("sparse-orders").trials(get_experiment("sparse-orders").resolve_config(True, {"domains": ["cifar"]}))

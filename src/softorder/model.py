@@ -181,9 +181,17 @@ def make_core(
     identity_layer: bool = False,
     gate: str = "softmax",
     permutation_seed: int = 0,
+    top_k: int | None = None,
 ) -> OrderedCore:
     """An ordered core by its name in :data:`~softorder.orderings.ORDERINGS`: 'single', 'parallel',
-    'permuted' or 'soft'."""
+    'permuted' or 'soft'; with ``top_k``, soft ordering over each task's k highest-weighted layers
+    per depth (:class:`~softorder.sparse.TopKSoftOrdering`)."""
+    if top_k is not None:
+        if ordering != "soft" or identity_layer or gate != "softmax":
+            raise ValueError("top_k applies to soft ordering with softmax gates and no identity layer")
+        from softorder.sparse import TopKSoftOrdering
+
+        return TopKSoftOrdering(make(), num_tasks, k=top_k, dropout=dropout)
     return ordering_class(ordering).from_options(
         make, num_tasks, dropout=dropout, identity_layer=identity_layer, gate=gate, seed=permutation_seed  # type: ignore[arg-type]
     )
@@ -216,6 +224,7 @@ def build_model(
     activation: str = "relu",
     seed: int = 0,
     encoder_features: int | None = None,
+    top_k: int | None = None,
 ) -> MultitaskModel:
     """The paper's model for a set of tasks, by name.
 
@@ -223,7 +232,9 @@ def build_model(
     never trained, Sec. 4.1), 'identity' (channels zero-padded to ``width``, Sec. 4.3),
     'linear-shared' (one linear map shared by all tasks, Sec. 5), or a module shared by all tasks
     (e.g. a CNN trunk, Sec. 4.4) whose output has ``encoder_features`` (default ``width``) features.
-    Parameters are initialised from ``seed``; the global random state is left as it was.
+    ``top_k`` (soft ordering only) evaluates each task's k highest-weighted layers per depth
+    (beyond the paper: :mod:`softorder.sparse`). Parameters are initialised from ``seed``; the
+    global random state is left as it was.
     """
     if not specs:
         raise ValueError("build_model needs at least one task")
@@ -237,6 +248,7 @@ def build_model(
             identity_layer=identity_layer,
             gate=gate,
             permutation_seed=seed,
+            top_k=top_k,
         )
         spatial = tuple(specs[0].input_shape[1:]) if layer == "conv" else ()
         encoders, shared = _encoders(specs, encoder, width, encoder_features)

@@ -156,7 +156,12 @@ class SoftOrdering(OrderedCore):
         if gate not in ("softmax", "sigmoid"):
             raise ValueError(f"gate must be 'softmax' or 'sigmoid', got {gate!r}")
         self.gate, self.identity_layer = gate, bool(identity_layer)
-        self.temperature = float(temperature)  # softmax(S / temperature); lowering it hardens the orders
+        # softmax(S / temperature); lowering it hardens the orders. A buffer, so that checkpoints keep
+        # it (an annealed run resumes at its temperature); read through a float copy.
+        self.register_buffer("softmax_temperature", torch.tensor(1.0))
+        self.temperature = float(temperature)
+        self.register_load_state_dict_pre_hook(_default_temperature)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_temperature())
         rows = self.num_layers + int(self.identity_layer)
         self.logits = nn.Parameter(torch.zeros(self.num_tasks, rows, self.depth))
         self._bank = fused_bank(self.layers)
@@ -175,6 +180,10 @@ class SoftOrdering(OrderedCore):
         if not value > 0:
             raise ValueError(f"the temperature must be positive, got {value}")
         self._temperature = float(value)
+        self.softmax_temperature.fill_(self._temperature)
+
+    def _sync_temperature(self) -> None:
+        self._temperature = float(self.softmax_temperature)
 
     def mixing(self) -> Tensor:
         """(num_tasks, L [+1], depth) weights: softmax over dim 1 (of S / temperature), or
@@ -213,6 +222,11 @@ class SoftOrdering(OrderedCore):
             f"num_tasks={self.num_tasks}, depth={self.depth}, gate={self.gate!r}, "
             f"identity_layer={self.identity_layer}, dropout={self.dropout}"
         )
+
+
+def _default_temperature(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """State dicts written before the temperature was kept hold none: they were trained at 1."""
+    state_dict.setdefault(prefix + "softmax_temperature", torch.tensor(1.0))
 
 
 def apply_by_group(h: Tensor, group: Tensor, num_groups: int, fn: Callable[[int, Tensor], Tensor]) -> Tensor:

@@ -18,6 +18,7 @@ PRESETS: dict[str, str] = {
     "omniglot": "omniglot",
     "celeba": "celeba",
     "building-blocks": "building_blocks",  # beyond the paper: Sec. 6's reusable layers
+    "sparse-orders": "sparse_orders",  # beyond the paper: Sec. 6's sparse gating, hardened orders
 }
 
 

@@ -131,32 +131,12 @@ class OmniglotExperiment(Experiment):
 
     def _train(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.analysis import mixing_of
-        from softorder.data import omniglot
-        from softorder.model import build_model
         from softorder.train import TrainConfig, fit
 
         p = trial.params
         seed = int(p["trial"])
-        data = omniglot.omniglot_tasks(
-            data_dir,
-            num_tasks=int(p["num_tasks"]),
-            test_fraction=float(p["test_fraction"]),
-            split_seed=int(config["split_seed"]),
-            downsample=int(config["downsample"]),
-            verify=bool(config["verify_data"]),
-        )
-        model = build_model(
-            data.specs,
-            ordering=p["method"],
-            layer="conv",
-            width=config["width"],
-            depth=config["depth"],
-            encoder="identity",
-            dropout=config["dropout"],
-            seed=seed,
-        )
-        if config["init"] != "torch":
-            reinit_layers(model, he_conv=config["init"] == "he", generator=torch.Generator().manual_seed(seed))
+        data = load_tasks(config, int(p["num_tasks"]), float(p["test_fraction"]), data_dir)
+        model = make_model(data.specs, p["method"], config, seed)
         device = config["device"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -296,6 +276,25 @@ def dead_channel_share(model: torch.nn.Module, data: Any, device: str, per_task:
     model.train(was_training)
     peak = torch.stack([y[task == t].amax(dim=(0, 2, 3)) for t in task.unique()])  # (tasks, C)
     return float((peak <= 0).float().mean())
+
+
+def load_tasks(config: Mapping[str, Any], num_tasks: int, test_fraction: float, data_dir: Path | None) -> Any:
+    """The first ``num_tasks`` alphabets of the paper's order, ``test_fraction`` of each held out."""
+    from softorder.data import omniglot
+
+    return omniglot.omniglot_tasks(data_dir, num_tasks=num_tasks, test_fraction=test_fraction, split_seed=int(config["split_seed"]),
+                                   downsample=int(config["downsample"]), verify=bool(config["verify_data"]))
+
+
+def make_model(specs: Sequence[Any], method: str, config: Mapping[str, Any], seed: int, *, top_k: int | None = None) -> Any:
+    """A.3's model (conv layers, the image read as zero-padded channels) with the configured start."""
+    from softorder.model import build_model
+
+    model = build_model(specs, ordering=method, layer="conv", width=config["width"], depth=config["depth"],
+                        encoder="identity", dropout=config["dropout"], seed=seed, top_k=top_k)
+    if config["init"] != "torch":
+        reinit_layers(model, he_conv=config["init"] == "he", generator=torch.Generator().manual_seed(seed))
+    return model
 
 
 def reinit_layers(model: torch.nn.Module, he_conv: bool = False, generator: torch.Generator | None = None) -> None:

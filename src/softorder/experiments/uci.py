@@ -91,23 +91,12 @@ class UciExperiment(Experiment):
         ]
 
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
-        from softorder.data import uci
         from softorder.analysis import mixing_of
-        from softorder.model import build_model
         from softorder.train import TrainConfig, fit
 
         method, seed = trial.params["method"], int(trial.params["trial"])
-        data = uci.uci_tasks(data_dir, tasks=config["tasks"], split_seed=config["split_seed"], val_fraction=config["val_fraction"], verify=config["verify_data"])
-        model = build_model(
-            data.specs,
-            ordering="soft" if method == "soft-uniform" else method,
-            layer="dense",
-            width=config["width"],
-            depth=config["depth"],
-            encoder="learned",
-            dropout=trial.params["dropout"],
-            seed=seed,  # also draws the permuted orders: new ones every trial (A)
-        )
+        data = load_tasks(config, data_dir)
+        model = make_model(data.specs, "soft" if method == "soft-uniform" else method, config, trial.params["dropout"], seed)
         if method == "soft-uniform":
             model.core.logits.requires_grad_(False)  # fit() trains only parameters that require grad
         cfg = TrainConfig(
@@ -163,6 +152,22 @@ class UciExperiment(Experiment):
         table = _markdown_table(by_dropout, config)
         (out_dir / "results_table.md").write_text(table)
         return {"primary_dropout": primary, "by_dropout": by_dropout, "figures": figures, "paper": PAPER}
+
+
+def load_tasks(config: Mapping[str, Any], data_dir: Path | None) -> Any:
+    """The configured UCI tasks with their fixed train/validation split (A.2)."""
+    from softorder.data import uci
+
+    return uci.uci_tasks(data_dir, tasks=config["tasks"], split_seed=config["split_seed"], val_fraction=config["val_fraction"], verify=config["verify_data"])
+
+
+def make_model(specs: Sequence[Any], method: str, config: Mapping[str, Any], dropout: float, seed: int, *, top_k: int | None = None) -> Any:
+    """A.2's model: learned dense encoders, ``depth`` shared dense layers of ``width``, dense decoders.
+    ``seed`` also draws the permuted orders: new ones every trial (A)."""
+    from softorder.model import build_model
+
+    return build_model(specs, ordering=method, layer="dense", width=config["width"], depth=config["depth"],
+                       encoder="learned", dropout=dropout, seed=seed, top_k=top_k)
 
 
 def _at(result: Mapping[str, Any], iteration: int) -> float:
