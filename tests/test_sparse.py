@@ -126,7 +126,7 @@ def test_build_model_top_k():
         build_model(specs, ordering="parallel", width=6, top_k=1)
 
 
-def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     """Every domain and method at tiny settings on fake data: the soft trials carry their hardened
     errors, the step-time trials every method's time, and a rerun trains nothing."""
     from softorder.data.fake import write_fake_mnist, write_fake_omniglot, write_fake_uci
@@ -152,5 +152,14 @@ def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch):
     run_experiment(get_experiment("sparse-orders"), tmp_path / "out", quick=True, overrides=tiny, data_dir=data, out=log)
     assert "18 already finished, 0 to run" in log.getvalue()
     assert (tmp_path / "out" / "sparse_orders.md").read_text() == table
+    records = tmp_path / "records"  # records: a fresh run directory reuses them, other settings are refused
+    run_experiment(get_experiment("sparse-orders"), tmp_path / "b", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"]}, data_dir=data)
+    assert len(list(records.glob("*.json"))) == 6
+    capsys.readouterr()
+    run_experiment(get_experiment("sparse-orders"), tmp_path / "c", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"]}, data_dir=data)
+    assert capsys.readouterr().out.count("not run again") == 6
+    assert (tmp_path / "c" / "sparse_orders.md").read_text() == (tmp_path / "b" / "sparse_orders.md").read_text()
+    with pytest.raises(ValueError, match="other settings.*uci_iterations"):
+        run_experiment(get_experiment("sparse-orders"), tmp_path / "d", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"], "uci_iterations": 6}, data_dir=data)
     with pytest.raises(ValueError, match="unknown domain"):
         get_experiment("sparse-orders").trials(get_experiment("sparse-orders").resolve_config(True, {"domains": ["cifar"]}))

@@ -5,7 +5,7 @@ in training and at inference. Two ways out:
 
 - :class:`TopKSoftOrdering` evaluates, for each task and depth, only the k layers of highest weight,
   mixed with their weights renormalised over those k. Each layer runs only on the rows of the tasks
-  that selected it (rows grouped by layer, one call per layer and slot), so a step costs about
+  that selected it (rows grouped by layer, one call per layer), so a step costs about
   k / L of dense soft ordering's layer work; rows given to every task run the first depth once. In training the
   k layers are drawn without replacement in proportion to the softmax weights (Gumbel top-k), so
   every layer stays reachable, and the gradient reaches all of S through a straight-through term:
@@ -83,15 +83,14 @@ class TopKSoftOrdering(SoftOrdering):
         return h
 
     def _sparse_depth(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
-        """x (N, C, ...), chosen and weights (N, k) -> (N, C', ...): for each of the k slots, every
-        row through the layer it chose there (rows grouped by layer, one call per layer), weighted."""
-        out: Tensor | None = None
-        for i in range(self.k):
-            y = apply_by_group(x, chosen[:, i], self.num_layers, lambda j, rows: self._drop(self._apply_checked(j, rows)))
-            term = _per_row(weights[:, i], y)
-            out = term if out is None else out + term
-        assert out is not None
-        return out
+        """x (N, C, ...), chosen and weights (N, k) -> (N, C', ...): every row through each of the k
+        layers it chose, all (row, slot) pairs grouped by layer (one call per layer), weighted, summed."""
+        pairs = x if self.k == 1 else x.repeat(self.k, *([1] * (x.dim() - 1)))  # slot-major: row r of slot i at i * N + r
+        y = _per_row(weights.t().flatten(), apply_by_group(pairs, chosen.t().flatten(), self.num_layers, self._layer_then_dropout))
+        return y if self.k == 1 else y.view(self.k, x.shape[0], *y.shape[1:]).sum(dim=0)
+
+    def _layer_then_dropout(self, j: int, rows: Tensor) -> Tensor:
+        return self._drop(self._apply_checked(j, rows))
 
 
 def harden(core: SoftOrdering, k: int = 1) -> HardOrdering | TopKSoftOrdering:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.records import read_record, record_path, source_commit, write_record
+from softorder.experiments.records import record_path, recorded
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 from softorder.orderings import ORDERINGS
 
@@ -117,17 +117,10 @@ class OmniglotExperiment(Experiment):
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         if not config.get("records"):
             return self._train(config, trial, trial_dir, data_dir)
-        fields, settings = record_fields(config, trial.params), record_settings(config)
-        path = record_path(Path(config["records"]), fields, RECORD_NAME_KEYS)
-        record = read_record(path, settings)
-        if record is not None:
-            print(f"[{self.name}] {trial.key}: record {path} already there, not run again", flush=True)
-            return record["result"]
-        commit = source_commit()
-        result = self._train(config, trial, trial_dir, data_dir)
-        write_record(path, {**fields, "test_error": result["final_mean_test_error"], "test_error_by_task": result["final_test_error"],
-                            "train_seconds": result["train_seconds"]}, settings, result, commit)
-        return result
+        fields = record_fields(config, trial.params)
+        return recorded(record_path(Path(config["records"]), fields, RECORD_NAME_KEYS), fields, record_settings(config),
+                        lambda: self._train(config, trial, trial_dir, data_dir),
+                        lambda r: {"test_error": r["final_mean_test_error"], "test_error_by_task": r["final_test_error"], "train_seconds": r["train_seconds"]})
 
     def _train(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.analysis import mixing_of

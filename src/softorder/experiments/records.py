@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,20 @@ def write_record(path: Path, fields: Mapping[str, Any], settings: Mapping[str, A
     record = {"version": RECORD_VERSION, **fields, "settings": dict(settings), "commit": commit, "result": dict(result)}
     atomic_write_json(path, record)
     return record
+
+
+def recorded(path: Path, fields: Mapping[str, Any], settings: Mapping[str, Any], run: Callable[[], dict[str, Any]],
+             summary: Callable[[dict[str, Any]], Mapping[str, Any]] = lambda result: {}) -> dict[str, Any]:
+    """A trial's result from its record at ``path`` (checked against ``settings``), or ``run()``'s,
+    then written as the record with ``fields`` and ``summary(result)`` at its top level."""
+    record = read_record(path, settings)
+    if record is not None:
+        print(f"{path}: the trial's record is there; not run again", flush=True)
+        return record["result"]
+    commit = source_commit()  # before the trial: the tree may move on while it runs
+    result = run()
+    write_record(path, {**fields, **summary(result)}, settings, result, commit)
+    return result
 
 
 def read_records(records_dir: Path) -> list[dict[str, Any]]:

@@ -35,6 +35,9 @@ from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_re
 DOMAINS = ("uci", "mnist", "omniglot")
 METHODS = ("soft", "soft-annealed", "top-2", "top-1", "parallel")
 TOP_K = {"top-2": 2, "top-1": 1}
+# settings that choose which trials run, or how, not what a trial computes: records made under other
+# values of these are reused
+GRID_KEYS = ("domains", "methods", "trials", "records", "verify_data", "quick", "experiment")
 LABELS = {"soft": "dense soft", "soft-annealed": "soft, annealed", "top-2": "top-2", "top-1": "top-1", "parallel": "parallel"}
 
 
@@ -100,6 +103,7 @@ class SparseOrders(Experiment):
             "timing_steps": 3,  # training steps per method per round
             "threads": 1,
             "verify_data": True,
+            "records": "",  # a directory of trial records (e.g. results/sparse-orders): finished trials there are skipped
         }
 
     def trials(self, config: Mapping[str, Any]) -> list[Trial]:
@@ -116,6 +120,15 @@ class SparseOrders(Experiment):
         return trials
 
     def run_trial(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
+        if not config["records"]:
+            return self._run(config, trial, trial_dir, data_dir)
+        from softorder.experiments.records import recorded
+
+        settings = {k: v for k, v in config.items() if k not in GRID_KEYS}
+        return recorded(Path(config["records"]) / f"{trial.dirname}.json", dict(trial.params),
+                        settings, lambda: self._run(config, trial, trial_dir, data_dir))
+
+    def _run(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         domain, method, seed = trial.params["domain"], trial.params["method"], int(trial.params["trial"])
         setting = domain_setting(domain, config, seed, data_dir)
         if method == "step-time":
