@@ -128,6 +128,8 @@ def test_fit_predict_and_reuse_from_the_command_line(tmp_path, capsys):
     c = write_csv(tmp_path / "third.csv", make_rows(60, 2, 5), header=header)
     assert fit_cli(c, "--out", tmp_path / "reuse", "--from", tmp_path / "run") == 0
     assert "reusing the shared layers" in capsys.readouterr().out
+    assert fit_cli(c, "--out", tmp_path / "other", "--from", tmp_path / "run", "--ordering", "parallel") == 2
+    assert "trains a soft order over them" in capsys.readouterr().err and not (tmp_path / "other").exists()
     reused = softorder.load(tmp_path / "reuse")
     trained = softorder.load(tmp_path / "run", "soft")
     for p, q in zip(reused.model.core.layers.parameters(), trained.model.core.layers.parameters()):

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a part."""
+"""The files runs keep: atomic writes (a reader sees the old file or the whole new one, never a
+part), folders checked writable before any work, and stored settings compared with a rerun's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -50,3 +52,10 @@ def check_writable_dir(path: str | Path) -> Path:
     except OSError as error:
         raise ValueError(f"cannot write into {path} ({error.strerror})") from None
     return path
+
+
+def differing_keys(stored: Mapping[str, Any], now: Mapping[str, Any], *, ignore: Iterable[str] = (), absent_is_same: bool = False) -> list[str]:
+    """The keys whose values differ between settings stored by an earlier run and a rerun's, sorted.
+    ``absent_is_same``: a key only one side has (e.g. a setting added since) is not a difference."""
+    keys = set(stored) & set(now) if absent_is_same else set(stored) | set(now)
+    return sorted(k for k in keys - set(ignore) if stored.get(k) != now.get(k))

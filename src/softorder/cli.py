@@ -75,7 +75,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             labels=labels,
             kinds=kinds,
             from_run=args.from_run,
-            orderings=tuple(args.ordering or ("parallel", "soft")),
+            orderings=tuple(args.ordering) if args.ordering else None,
             width=args.width,
             depth=args.depth,
             dropout=args.dropout,
@@ -320,7 +320,7 @@ def _add_fit(sub: Any) -> None:
                      "a numeric label with more than 20 values must be given one)")
     fit.add_argument("--from", dest="from_run", metavar="RUN", help="reuse the shared layers trained in RUN (a softorder fit --out folder), "
                      "frozen: learn only the new tasks' soft order, encoders and decoders")
-    fit.add_argument("--ordering", action="append", choices=list(ORDERINGS), help="repeatable (default: parallel and soft)")
+    fit.add_argument("--ordering", action="append", choices=list(ORDERINGS), help="repeatable (default: parallel and soft; soft with --from)")
     for flag, kind, default in (("--width", int, 32), ("--depth", int, 4), ("--dropout", float, 0.2), ("--iterations", int, 2000),
                                 ("--batch-size", int, 32), ("--lr", float, 1e-3), ("--seed", int, 0)):
         fit.add_argument(flag, type=kind, default=default, help=f"(default: {default})" + (" rows per task per iteration" if flag == "--batch-size" else ""))

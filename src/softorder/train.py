@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from softorder._hints import did_you_mean
+from softorder._io import differing_keys
 from softorder.checkpoints import CHECKPOINT_NAME, History, RunFiles, load_checkpoint
 from softorder.distributed.data_parallel import Strategy, setup_data_parallel
 from softorder.model import MultitaskModel
@@ -285,7 +286,7 @@ class _Run:
         """Refuse to continue a checkpoint made with other training settings or another model."""
         saved = ckpt.get("config", {})
         current = self.config.to_dict()
-        differ = sorted(k for k in current if k not in _RUNTIME_OPTIONS and k in saved and saved[k] != current[k])
+        differ = differing_keys(saved, current, ignore=_RUNTIME_OPTIONS, absent_is_same=True)
         done = int(ckpt["state"]["iteration"])
         if self.config.iterations < done:
             differ.append(f"iterations: it has trained {done}, {self.config.iterations} were asked")

@@ -35,7 +35,7 @@ def conv_pool(h: Tensor, weight: Tensor, bias: Tensor | None, pool: int, *, pool
     (Omniglot's images) take :func:`~softorder._kernels.conv.narrow_conv_max_pool`.
     """
     c, k = h.shape[1], weight.shape[-1]
-    if pool_first and pool > 1 and c * k * k <= NARROW_CONTRACTION:
+    if takes_narrow_kernel(c, k, pool, pool_first):
         return narrow_conv_max_pool(h, weight, bias, pool, row_groups)
     h = h.contiguous(memory_format=torch.channels_last)
     if row_groups > 1:  # rows of group g through weight[g]: groups side by side as channels
@@ -48,6 +48,12 @@ def conv_pool(h: Tensor, weight: Tensor, bias: Tensor | None, pool: int, *, pool
     else:
         y = F.conv2d(h, weight, bias, padding=k // 2)
     return F.max_pool2d(y, pool) if pool_first and pool > 1 else y
+
+
+def takes_narrow_kernel(channels: int, kernel_size: int, pool: int, pool_first: bool) -> bool:
+    """Whether a convolution reading ``channels`` channels, pooled before its activation, runs as
+    :func:`~softorder._kernels.conv.narrow_conv_max_pool` (measured faster for few channels)."""
+    return pool_first and pool > 1 and channels * kernel_size**2 <= NARROW_CONTRACTION
 
 
 class FusedBank:
@@ -125,7 +131,7 @@ def grouped_forward(copies: Sequence[Any], x: Tensor) -> Tensor:
     weight = torch.stack([l.weight[:, :c] for l in copies])  # (G, C, c, k, k)
     bias = torch.stack([l.bias for l in copies])  # (G, C)
     pool_first = first.activation in POOL_COMMUTES
-    if pool_first and first.pool > 1 and c * first.kernel_size**2 <= NARROW_CONTRACTION:
+    if takes_narrow_kernel(c, first.kernel_size, first.pool, pool_first):
         y = rows_to_grouped(narrow_conv_max_pool(grouped_to_rows(x, groups), weight, bias, first.pool, groups), groups)
     else:
         y = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight.flatten(0, 1), bias.flatten(),

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from softorder._io import atomic_write_json
+from softorder._io import atomic_write_json, differing_keys
 
 RECORD_VERSION = 1
 
@@ -39,7 +39,7 @@ def read_record(path: Path, settings: Mapping[str, Any]) -> dict[str, Any] | Non
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable trial record ({error}); delete it to rerun the trial") from None
     stored = record.get("settings", {})
-    differ = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    differ = differing_keys(stored, settings)
     if differ:
         shown = ", ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} here" for k in differ)
         raise ValueError(f"{path} was made with other settings ({shown}); use another records directory or the same settings")

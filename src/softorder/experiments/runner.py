@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from softorder._hints import did_you_mean
-from softorder._io import atomic_write_bytes, atomic_write_json, check_writable_dir
+from softorder._io import atomic_write_bytes, atomic_write_json, check_writable_dir, differing_keys
 from softorder.runtime import torch_threads
 
 if TYPE_CHECKING:
@@ -384,7 +384,7 @@ def run_experiment(
     config_path = out_dir / "config.json"
     if config_path.exists():
         previous = json.loads(config_path.read_text())
-        changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k) and k != "data_dir")
+        changed = differing_keys(previous, config, ignore=("data_dir",))
         if changed:
             raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(changed)}); use another --out or the same settings")
     atomic_write_json(config_path, config)

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from softorder._io import atomic_write_json, check_writable_dir
+from softorder._io import atomic_write_json, check_writable_dir, differing_keys
 from softorder.analysis import mixing_of, plot_layer_usage, plot_task_similarity
 from softorder.data.csv_tasks import CsvTasks, csv_tasks, read_csv_table
 from softorder.experiments.tensorboard_log import eval_logger
@@ -39,7 +39,7 @@ def train_user_tasks(
     *,
     labels: Sequence[str | int] | None = None,
     kinds: Sequence[str | None] | None = None,
-    orderings: Sequence[str] = ("parallel", "soft"),
+    orderings: Sequence[str] | None = None,
     width: int = 32,
     depth: int = 4,
     dropout: float = 0.2,
@@ -52,14 +52,16 @@ def train_user_tasks(
     progress: bool = True,
     out: TextIO | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Train every ordering on the CSV tasks; returns ``{ordering: {task: validation error}}``."""
+    """Train every ordering (default: parallel and soft; with ``from_run`` soft, over the reused
+    layers) on the CSV tasks; returns ``{ordering: {task: validation error}}``."""
     out = out or sys.stdout
+    if from_run is not None and orderings is not None and list(orderings) != ["soft"]:
+        raise ValueError(f"reusing the layers of {from_run} trains a soft order over them; ordering(s) {list(orderings)} cannot be asked with it")
+    orderings = orderings or (("soft",) if from_run is not None else ("parallel", "soft"))
     unknown = [o for o in orderings if o not in ORDERINGS]
     if unknown:
         raise ValueError(f"unknown ordering(s) {unknown}; expected some of {list(ORDERINGS)}")
     base, base_dir = _base_model(from_run, out) if from_run is not None else (None, None)
-    if base is not None:
-        orderings = ("soft",)  # a soft order over the reused layers
     data = csv_tasks(paths, labels=labels, kinds=kinds)  # every file is checked before any training
     out_dir = check_writable_dir(Path(out_dir))
     settings = {"files": [_fingerprint(p) for p in paths], "labels": [str(l) for l in (labels or [])], "kinds": list(kinds or []),
@@ -127,7 +129,7 @@ def _claim(out_dir: Path, settings: dict[str, Any]) -> None:
             previous = json.loads(path.read_text())
         except json.JSONDecodeError:
             raise ValueError(f"{path} is damaged; delete {out_dir} or use another --out") from None
-        differ = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        differ = differing_keys(previous, settings)
         if differ:
             raise ValueError(f"{out_dir} holds a run with other settings or data ({', '.join(differ)}); use another --out, or the same files and settings to resume")
     elif any(out_dir.iterdir()):
