@@ -10,19 +10,21 @@
 #         and the start question: 10 alphabets, 5,000 iterations, soft and parallel ordering with
 #         He-normal and Keras (Glorot-uniform) starts, 3 seeds each.
 # Each finished trial writes its record to results/omniglot/ (commit it); a trial whose record is
-# there is skipped, so the script resumes where it stopped. One thread per trial; run the two
-# queues side by side on a two-core machine.
+# there is skipped, so the script resumes where it stopped. One thread per trial (THREADS=N to
+# change it, e.g. THREADS=2 for a soft50 trial alone on a two-core machine: about 1.2 h); run two
+# one-thread queues side by side on a two-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 queue=${1:?usage: $0 soft50|init10|others [DATA_DIR]}
 data=${2:-../shared/data}
+threads=${THREADS:-1}
 
 trial() {  # tasks fraction method init seed
   local tasks=$1 fraction=$2 method=$3 init=$4 seed=$5
-  softorder --threads 1 reproduce omniglot --data-dir "$data" \
-    --out "runs/omniglot-protocol/tasks=$tasks-test=$fraction-$method-$init" \
+  softorder --threads "$threads" reproduce omniglot --data-dir "$data" \
+    --out "runs/omniglot-protocol/tasks=$tasks-test=$fraction-$method-$init-threads=$threads" \
     --set "num_tasks=[$tasks]" --set "test_fractions=[$fraction]" --set "methods=[\"$method\"]" \
-    --set "init=\"$init\"" --set trials=3 --set records=results/omniglot \
+    --set "init=\"$init\"" --set trials=3 --set records=results/omniglot --set "threads=$threads" \
     --trial "tasks=$tasks/test=$fraction/$method/trial=$seed"
 }
 

@@ -120,7 +120,8 @@ class OmniglotExperiment(Experiment):
         fields = record_fields(config, trial.params)
         return recorded(record_path(Path(config["records"]), fields, RECORD_NAME_KEYS), fields, record_settings(config),
                         lambda: self._train(config, trial, trial_dir, data_dir),
-                        lambda r: {"test_error": r["final_mean_test_error"], "test_error_by_task": r["final_test_error"], "train_seconds": r["train_seconds"]})
+                        lambda r: {"test_error": r["final_mean_test_error"], "test_error_by_task": r["final_test_error"], "train_seconds": r["train_seconds"],
+                                    "threads": torch.get_num_threads()})
 
     def _train(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.analysis import mixing_of
