@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from softorder.experiments.records import record_path, recorded
+from softorder.experiments.records import machine_name, record_path, recorded
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 from softorder.orderings import ORDERINGS
 
@@ -121,7 +121,7 @@ class OmniglotExperiment(Experiment):
         return recorded(record_path(Path(config["records"]), fields, RECORD_NAME_KEYS), fields, record_settings(config),
                         lambda: self._train(config, trial, trial_dir, data_dir),
                         lambda r: {"test_error": r["final_mean_test_error"], "test_error_by_task": r["final_test_error"], "train_seconds": r["train_seconds"],
-                                    "threads": torch.get_num_threads()})
+                                    "threads": torch.get_num_threads(), "machine": machine_name()})
 
     def _train(self, config: Mapping[str, Any], trial: Trial, trial_dir: Path, data_dir: Path | None) -> dict[str, Any]:
         from softorder.analysis import mixing_of

@@ -82,8 +82,8 @@ def _start_question(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _listing(records: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["## Every record", "", "| file | commit | training hours |", "|---|---|---|"]
+    lines = ["## Every record", "", "| file | commit | training hours | threads | machine |", "|---|---|---|---|---|"]
     for r in records:
         hours = (r.get("train_seconds") or float("nan")) / 3600
-        lines.append(f"| `{r['file']}` | `{r['commit'][:10]}` | {hours:.2f} |")
+        lines.append(f"| `{r['file']}` | `{r['commit'][:10]}` | {hours:.2f} | {r.get('threads', 1)} | {r.get('machine', 'not recorded')} |")
     return "\n".join(lines) + "\n"

@@ -80,6 +80,21 @@ def read_records(records_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def machine_name() -> str:
+    """The processor a trial ran on (its model name from /proc/cpuinfo where there is one) and, when
+    CUDA is available, the GPU: training times are only comparable on the same machine."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return cpu + (f" + {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")
+
+
 def source_commit() -> str:
     """The git commit of the source tree now (with '+dirty' for uncommitted changes under src/),
     or 'unknown' outside a git checkout. Take it when a trial starts: the tree may move on while
