@@ -58,6 +58,61 @@ def test_top_1_trains_every_logit_and_samples_every_layer():
     assert seen == {0, 1, 2}  # Gumbel top-k keeps every layer reachable
 
 
+def test_noisy_gating_without_noise_is_top_k_of_s_and_trains_s_and_the_noise():
+    torch.manual_seed(5)
+    layers = [Dense(5) for _ in range(3)]
+    noisy, soft = TopKSoftOrdering(layers, 2, k=3, gating="noisy", balance=0.0), SoftOrdering(layers, 2)
+    with torch.no_grad():
+        soft.logits.normal_()
+        noisy.logits.copy_(soft.logits)
+        noisy.noise_logits.fill_(-40.0)  # softplus: about 4e-18, no noise
+    h, task = rows(9, 2, (5,))
+    torch.testing.assert_close(noisy(h, task), soft(h, task), **TOL)  # k = L, training mode: Eq. 7
+    top2 = TopKSoftOrdering(layers, 2, k=2, gating="noisy")
+    top2(h, task).pow(2).sum().backward()
+    assert bool((top2.noise_logits.grad != 0).any()) and bool((top2.logits.grad != 0).any())
+    with torch.no_grad():
+        top2.logits.normal_(0, 2)
+    top2.eval()
+    torch.testing.assert_close(top2(h, task), soft_ordering_loop(layers, topk_mixing(top2.logits, 2), h, task, width=None), **TOL)
+    with pytest.raises(ValueError, match="noisy top-k gating needs k >= 2"):
+        TopKSoftOrdering(layers, 2, k=1, gating="noisy")
+
+
+def test_the_balancing_term_is_the_squared_cv_of_each_layers_total_weight():
+    torch.manual_seed(6)
+    core = TopKSoftOrdering([Dense(4) for _ in range(3)], 4, k=2, gating="noisy", balance=0.5)
+    h, task = rows(8, 4, (4,))
+    core(h, task)
+    chosen, weights = core.selection()  # a fresh draw: the term now belongs to it
+    gates = torch.zeros(4, 3, 3).scatter(1, chosen, weights)
+    importance = gates.sum(dim=0)  # (layers, depth)
+    expected = 0.5 * sum(importance[:, d].var(unbiased=False) / importance[:, d].mean() ** 2 for d in range(3))
+    torch.testing.assert_close(core.auxiliary_loss(), expected)
+    assert core.auxiliary_loss() is None  # read once
+    core.eval()(h, task)
+    assert core.auxiliary_loss() is None  # evaluation adds no term
+    assert TopKSoftOrdering([Dense(4) for _ in range(3)], 4, k=1).balance == 0.0  # Gumbel: none by default
+    with pytest.raises(ValueError, match="unknown gating 'hash'"):
+        TopKSoftOrdering([Dense(4)], 1, k=1, gating="hash")
+
+
+def test_fit_adds_the_balancing_term_to_the_loss():
+    from softorder.model import build_model
+    from softorder.tasks import TaskArrays, TaskSpec, TensorTasks
+    from softorder.train import TrainConfig, fit
+
+    specs = [TaskSpec(f"t{i}", (5,), "multiclass", 2) for i in range(3)]
+    data = TensorTasks([TaskArrays(s, {"train": (torch.randn(20, 5), torch.randint(0, 2, (20,)))}) for s in specs])
+    after = {}
+    for balance in (0.0, 100.0):
+        model = build_model(specs, ordering="soft", width=6, top_k=2, gating="noisy", seed=3)
+        model.core.balance = balance
+        fit(model, data, TrainConfig(iterations=2, batch_size=4, eval_every=2, progress=False))
+        after[balance] = model.core.logits.detach().clone()
+    assert not torch.equal(after[0.0], after[100.0])
+
+
 def test_harden_with_one_hot_weights_equals_the_soft_core():
     torch.manual_seed(3)
     layers = [Dense(6) for _ in range(3)]
@@ -139,25 +194,26 @@ def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsy
     tiny = dict(verify_data=False, uci_iterations=4, mnist_iterations=4, omniglot_iterations=2, eval_every=2, omniglot_tasks=2,
                 mnist_tasks=2, timing_rounds=1, timing_steps=1)
     summary = run_experiment(get_experiment("sparse-orders"), tmp_path / "out", quick=True, overrides=tiny, data_dir=data)
-    assert summary["trials_finished"] == summary["trials_total"] == 3 * (5 + 1)
+    assert summary["trials_finished"] == summary["trials_total"] == 3 * (6 + 1)
     for domain, rows in summary["tables"].items():
-        assert set(rows) >= {"soft", "soft-annealed", "top-2", "top-1", "parallel", "soft, hardened k=1", "soft-annealed, hardened k=2"}
+        assert set(rows) >= {"soft", "soft-annealed", "top-2", "top-1", "top-2-noisy", "parallel",
+                             "soft, hardened k=1", "soft-annealed, hardened k=2"}
         assert all(0 <= row["error"]["mean"] <= 1 and row["error"]["n"] == 1 for row in rows.values())
-        assert rows["top-1"]["step_ms"] > 0 and rows["soft, hardened k=1"]["step_ms"] > 0
+        assert rows["top-1"]["step_ms"] > 0 and rows["top-2-noisy"]["step_ms"] > 0 and rows["soft, hardened k=1"]["step_ms"] > 0
     assert "| dense soft, hardened (k = 1) |" in (tmp_path / "out" / "sparse_orders.md").read_text()
     header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
     assert "step_ms" in header
     table = (tmp_path / "out" / "sparse_orders.md").read_text()
     log = io.StringIO()
     run_experiment(get_experiment("sparse-orders"), tmp_path / "out", quick=True, overrides=tiny, data_dir=data, out=log)
-    assert "18 already finished, 0 to run" in log.getvalue()
+    assert "21 already finished, 0 to run" in log.getvalue()
     assert (tmp_path / "out" / "sparse_orders.md").read_text() == table
     records = tmp_path / "records"  # records: a fresh run directory reuses them, other settings are refused
     run_experiment(get_experiment("sparse-orders"), tmp_path / "b", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"]}, data_dir=data)
-    assert len(list(records.glob("*.json"))) == 6
+    assert len(list(records.glob("*.json"))) == 7
     capsys.readouterr()
     run_experiment(get_experiment("sparse-orders"), tmp_path / "c", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"]}, data_dir=data)
-    assert capsys.readouterr().out.count("not run again") == 6
+    assert capsys.readouterr().out.count("not run again") == 7
     assert (tmp_path / "c" / "sparse_orders.md").read_text() == (tmp_path / "b" / "sparse_orders.md").read_text()
     with pytest.raises(ValueError, match="other settings.*uci_iterations"):
         run_experiment(get_experiment("sparse-orders"), tmp_path / "d", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"], "uci_iterations": 6}, data_dir=data)

@@ -155,6 +155,13 @@ class MultitaskModel(nn.Module):
             y = self.core(h, task)  # (N, ...)
         return dict(zip(names, self._decode(y, names, counts)))
 
+    def auxiliary_loss(self) -> Tensor | None:
+        """The extra training terms of the latest forward, summed (e.g. a sparse core's balancing
+        term, :meth:`~softorder.sparse.TopKSoftOrdering.auxiliary_loss`), or None when there are none."""
+        terms = [t for m in self.modules() if m is not self and callable(getattr(m, "auxiliary_loss", None))
+                 and (t := m.auxiliary_loss()) is not None]
+        return torch.stack(terms).sum() if terms else None
+
 
 # --- assembling the paper's configurations ------------------------------------------------------
 
@@ -182,16 +189,17 @@ def make_core(
     gate: str = "softmax",
     permutation_seed: int = 0,
     top_k: int | None = None,
+    gating: str = "gumbel",
 ) -> OrderedCore:
     """An ordered core by its name in :data:`~softorder.orderings.ORDERINGS`: 'single', 'parallel',
     'permuted' or 'soft'; with ``top_k``, soft ordering over each task's k highest-weighted layers
-    per depth (:class:`~softorder.sparse.TopKSoftOrdering`)."""
+    per depth (:class:`~softorder.sparse.TopKSoftOrdering`), drawn in training by ``gating``."""
     if top_k is not None:
         if ordering != "soft" or identity_layer or gate != "softmax":
             raise ValueError("top_k applies to soft ordering with softmax gates and no identity layer")
         from softorder.sparse import TopKSoftOrdering
 
-        return TopKSoftOrdering(make(), num_tasks, k=top_k, dropout=dropout)
+        return TopKSoftOrdering(make(), num_tasks, k=top_k, dropout=dropout, gating=gating)
     return ordering_class(ordering).from_options(
         make, num_tasks, dropout=dropout, identity_layer=identity_layer, gate=gate, seed=permutation_seed  # type: ignore[arg-type]
     )
@@ -225,6 +233,7 @@ def build_model(
     seed: int = 0,
     encoder_features: int | None = None,
     top_k: int | None = None,
+    gating: str = "gumbel",
 ) -> MultitaskModel:
     """The paper's model for a set of tasks, by name.
 
@@ -232,8 +241,8 @@ def build_model(
     never trained, Sec. 4.1), 'identity' (channels zero-padded to ``width``, Sec. 4.3),
     'linear-shared' (one linear map shared by all tasks, Sec. 5), or a module shared by all tasks
     (e.g. a CNN trunk, Sec. 4.4) whose output has ``encoder_features`` (default ``width``) features.
-    ``top_k`` (soft ordering only) evaluates each task's k highest-weighted layers per depth
-    (beyond the paper: :mod:`softorder.sparse`). Parameters are initialised from ``seed``; the
+    ``top_k`` (soft ordering only) evaluates each task's k highest-weighted layers per depth,
+    drawn in training by ``gating`` ('gumbel' or 'noisy'; beyond the paper: :mod:`softorder.sparse`). Parameters are initialised from ``seed``; the
     global random state is left as it was.
     """
     if not specs:
@@ -249,6 +258,7 @@ def build_model(
             gate=gate,
             permutation_seed=seed,
             top_k=top_k,
+            gating=gating,
         )
         spatial = tuple(specs[0].input_shape[1:]) if layer == "conv" else ()
         encoders, shared = _encoders(specs, encoder, width, encoder_features)

@@ -10,6 +10,9 @@ in training and at inference. Two ways out:
   k layers are drawn without replacement in proportion to the softmax weights (Gumbel top-k), so
   every layer stays reachable, and the gradient reaches all of S through a straight-through term:
   the mixing weights' values are the renormalised ones, their gradient is the full softmax's.
+  The alternative rule, ``gating="noisy"``, is noisy top-k gating (Shazeer et al., 2017): learned
+  Gaussian noise on S, the top k of the noisy scores, and a term that balances the layers' total
+  weight over the tasks at each depth (:meth:`TopKSoftOrdering.auxiliary_loss`).
 - :func:`harden` turns a trained soft ordering into a core that applies only each task's top-k
   layers per depth; k = 1 gives a hard per-task order (a :class:`~softorder.orderings.HardOrdering`)
   at parallel ordering's cost.
@@ -25,38 +28,76 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from softorder.orderings import HardOrdering, SoftOrdering, _per_row, apply_by_group
+
+
+GATINGS = ("gumbel", "noisy")
 
 
 class TopKSoftOrdering(SoftOrdering):
     """Soft ordering over the k highest-weighted layers per (task, depth); k = L is Eq. 7 itself.
 
-    ``forward(h, task)``: h (N, C, ...), task (N,) -> (N, C, ...'). ``sample`` draws the k layers
-    (Gumbel top-k) in training; in evaluation, and with ``sample=False``, they are the k largest.
-    The identity layer and sigmoid gates are not offered here.
+    ``forward(h, task)``: h (N, C, ...), task (N,) -> (N, C, ...'). In training (with ``sample``)
+    the k layers are drawn by the ``gating`` rule: "gumbel" (Gumbel top-k, straight-through
+    weights) or "noisy" (noisy top-k gating); in evaluation, and with ``sample=False``, they are
+    the k largest of S. ``balance`` weighs the balancing term (default 0.1 with noisy gating, as
+    Shazeer et al.'s importance term, else 0). The identity layer and sigmoid gates are not offered.
     """
 
     def __init__(self, layers: Sequence[nn.Module], num_tasks: int, *, k: int, depth: int | None = None,
-                 dropout: float = 0.0, temperature: float = 1.0, sample: bool = True) -> None:
+                 dropout: float = 0.0, temperature: float = 1.0, sample: bool = True,
+                 gating: str = "gumbel", balance: float | None = None) -> None:
         super().__init__(layers, num_tasks, depth=depth, dropout=dropout, temperature=temperature)
         if not 1 <= int(k) <= self.num_layers:
             raise ValueError(f"k must be between 1 and the {self.num_layers} layers, got {k}")
-        self.k, self.sample = int(k), bool(sample)
+        if gating not in GATINGS:
+            raise ValueError(f"unknown gating {gating!r}; expected one of {list(GATINGS)}")
+        if gating == "noisy" and int(k) < 2:
+            raise ValueError("noisy top-k gating needs k >= 2: with one layer kept its weight is 1, so the "
+                             "task losses give S no gradient; use gating='gumbel' for k = 1")
+        self.k, self.sample, self.gating = int(k), bool(sample), gating
+        self.balance = float(balance if balance is not None else (0.1 if gating == "noisy" else 0.0))
+        if self.balance < 0:
+            raise ValueError(f"balance must be at least 0, got {balance}")
+        if gating == "noisy":  # softplus of these is the noise's standard deviation per (task, layer, depth)
+            self.noise_logits = nn.Parameter(torch.zeros_like(self.logits))
         self._bank = None  # the layers run on the rows that selected them, not as one bank
+        self._gates: Tensor | None = None  # (num_tasks, L, depth): the latest training selection's weights
 
     def selection(self) -> tuple[Tensor, Tensor]:
         """The layers each task uses at each depth, (num_tasks, k, depth), and their weights, the
         softmax renormalised over them (values), with the full softmax's gradient."""
         scores = self.logits / self.temperature
-        if self.training and self.sample:
-            uniform = torch.rand_like(scores).clamp_(1e-12, 1.0)
-            chosen = (scores.detach() - torch.log(-torch.log(uniform))).topk(self.k, dim=1).indices
-        else:
+        drawn = self.training and self.sample
+        if self.gating == "noisy":  # the gradient is that of the softmax over the kept noisy scores
+            if drawn:
+                scores = scores + torch.randn_like(scores) * F.softplus(self.noise_logits)
             chosen = scores.detach().topk(self.k, dim=1).indices
-        full = torch.softmax(scores, dim=1).gather(1, chosen)  # (T, k, depth)
-        renormalised = torch.softmax(scores.gather(1, chosen), dim=1)
-        return chosen, renormalised.detach() + full - full.detach()
+            weights = torch.softmax(scores.gather(1, chosen), dim=1)
+        else:
+            if drawn:
+                uniform = torch.rand_like(scores).clamp_(1e-12, 1.0)
+                chosen = (scores.detach() - torch.log(-torch.log(uniform))).topk(self.k, dim=1).indices
+            else:
+                chosen = scores.detach().topk(self.k, dim=1).indices
+            full = torch.softmax(scores, dim=1).gather(1, chosen)  # (T, k, depth)
+            renormalised = torch.softmax(scores.gather(1, chosen), dim=1)
+            weights = renormalised.detach() + full - full.detach()
+        if self.training and self.balance > 0:
+            self._gates = torch.zeros_like(scores).scatter(1, chosen, weights)
+        return chosen, weights
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The balancing term of the latest training forward, then forgotten: ``balance`` times the
+        sum over depths of the squared coefficient of variation, over the L layers, of each layer's
+        total weight over the tasks (Shazeer et al.'s importance loss). None when there is none."""
+        gates, self._gates = self._gates, None
+        if gates is None:
+            return None
+        importance = gates.sum(dim=0)  # (L, depth)
+        return self.balance * (importance.var(dim=0, unbiased=False) / importance.mean(dim=0).pow(2)).sum()
 
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)

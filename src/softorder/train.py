@@ -319,7 +319,9 @@ class _Run:
             local = local.to(self.strategy.device)
             outputs = self.model(local.inputs, list(local.targets))
             terms = {n: shares[n] * self.data.spec(n).loss(outputs[n], t) for n, t in local.targets.items()}
-            torch.stack(list(terms.values())).sum().backward()
+            total = torch.stack(list(terms.values())).sum()
+            extra = self.model.auxiliary_loss()  # every process adds its share; the gradients are summed
+            (total if extra is None else total + extra / self.strategy.world_size).backward()
         zero = torch.zeros((), device=self.strategy.device)
         weighted = torch.stack([terms[n].detach() if n in terms else zero for n in names])
         return dict(zip(names, self.strategy.all_reduce_gradients(self.trainable, weighted)))

@@ -64,7 +64,7 @@ def frozen_encoders(num_tasks: int, width: int, seed: int) -> TaskDense:
     return TaskDense(num_tasks, IMAGE_PIXELS, width, "relu", trainable=False, generator=gen)
 
 
-def make_model(specs, method: str, config: Mapping[str, Any], num_tasks: int, trial: int, *, top_k: int | None = None):
+def make_model(specs, method: str, config: Mapping[str, Any], num_tasks: int, trial: int, *, top_k: int | None = None, gating: str = "gumbel"):
     """A.1's model with the trial's frozen encoders (the same for every method of the trial)."""
     model = build_model(
         specs,
@@ -76,6 +76,7 @@ def make_model(specs, method: str, config: Mapping[str, Any], num_tasks: int, tr
         dropout=float(config["dropout"]),
         seed=int(trial),
         top_k=top_k,
+        gating=gating,
     )
     enc = frozen_encoders(num_tasks, int(config["width"]), task_set_seed(num_tasks, trial))
     with torch.no_grad():  # the same frozen encoders for every method of the trial

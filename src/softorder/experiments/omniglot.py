@@ -280,12 +280,12 @@ def load_tasks(config: Mapping[str, Any], num_tasks: int, test_fraction: float, 
                                    downsample=int(config["downsample"]), verify=bool(config["verify_data"]))
 
 
-def make_model(specs: Sequence[Any], method: str, config: Mapping[str, Any], seed: int, *, top_k: int | None = None) -> Any:
+def make_model(specs: Sequence[Any], method: str, config: Mapping[str, Any], seed: int, *, top_k: int | None = None, gating: str = "gumbel") -> Any:
     """A.3's model (conv layers, the image read as zero-padded channels) with the configured start."""
     from softorder.model import build_model
 
     model = build_model(specs, ordering=method, layer="conv", width=config["width"], depth=config["depth"],
-                        encoder="identity", dropout=config["dropout"], seed=seed, top_k=top_k)
+                        encoder="identity", dropout=config["dropout"], seed=seed, top_k=top_k, gating=gating)
     if config["init"] != "torch":
         reinit_layers(model, he_conv=config["init"] == "he", generator=torch.Generator().manual_seed(seed))
     return model

@@ -9,7 +9,9 @@ Omniglot alphabets (``omniglot``, ``omniglot_tasks`` alphabets at 105x105, 10% t
 * ``soft-annealed``: the same, with the softmax temperature lowered geometrically from 1 to
   ``anneal_to`` over training (:func:`~softorder.sparse.temperature_schedule`), so the orders end
   nearly hard before they are hardened.
-* ``top-2``, ``top-1``: trained as :class:`~softorder.sparse.TopKSoftOrdering` with that k.
+* ``top-2``, ``top-1``: trained as :class:`~softorder.sparse.TopKSoftOrdering` with that k
+  (Gumbel top-k); ``top-2-noisy``: k = 2 with noisy top-k gating and its balancing term, the
+  other training rule (it cannot train k = 1: see :class:`~softorder.sparse.TopKSoftOrdering`).
 * ``parallel``: parallel ordering (Eq. 2), the cost that hardening aims at.
 
 A trial is (domain, method, seed); the soft trials carry the hardened errors. One more trial per
@@ -33,12 +35,13 @@ import torch
 from softorder.experiments.runner import Experiment, Trial, mean_ci, progress_reporter
 
 DOMAINS = ("uci", "mnist", "omniglot")
-METHODS = ("soft", "soft-annealed", "top-2", "top-1", "parallel")
-TOP_K = {"top-2": 2, "top-1": 1}
+METHODS = ("soft", "soft-annealed", "top-2", "top-1", "top-2-noisy", "parallel")
+TOP_K = {"top-2": (2, "gumbel"), "top-1": (1, "gumbel"), "top-2-noisy": (2, "noisy")}  # (k, gating)
 # settings that choose which trials run, or how, not what a trial computes: records made under other
 # values of these are reused
 GRID_KEYS = ("domains", "methods", "trials", "records", "verify_data", "quick", "experiment")
-LABELS = {"soft": "dense soft", "soft-annealed": "soft, annealed", "top-2": "top-2", "top-1": "top-1", "parallel": "parallel"}
+LABELS = {"soft": "dense soft", "soft-annealed": "soft, annealed", "top-2": "top-2", "top-1": "top-1",
+          "top-2-noisy": "top-2, noisy gating", "parallel": "parallel"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Setting:
     """One domain's data and model, built by its own preset's functions, and how it is trained."""
 
     data: Any
-    make_model: Callable[[str, int | None], Any]  # (ordering, top_k) -> MultitaskModel
+    make_model: Callable[[str, int | None, str], Any]  # (ordering, top_k, gating) -> MultitaskModel
     split: str  # the split whose error is reported
     batch_size: int
     lr: float
@@ -63,23 +66,24 @@ def domain_setting(domain: str, config: Mapping[str, Any], seed: int, data_dir: 
     if domain == "uci":
         data = uci.load_tasks(base, data_dir)
         dropout = float(base["dropouts"][0])  # Keras' reading of A.2: drop 80%
-        return Setting(data, lambda ordering, k: uci.make_model(data.specs, ordering, base, dropout, seed, top_k=k),
+        return Setting(data, lambda ordering, k, g: uci.make_model(data.specs, ordering, base, dropout, seed, top_k=k, gating=g),
                        "val", int(base["batch_size"]), float(base["lr"]), iterations)
     if domain == "mnist":
         tasks = int(config["mnist_tasks"])
         data, _ = mnist.load_task_set(data_dir, tasks, seed)
-        return Setting(data, lambda ordering, k: mnist.make_model(data.specs, ordering, base, tasks, seed, top_k=k),
+        return Setting(data, lambda ordering, k, g: mnist.make_model(data.specs, ordering, base, tasks, seed, top_k=k, gating=g),
                        "test", int(base["batch_size"]), float(base["lr"]), iterations)
     if domain == "omniglot":
         data = omniglot.load_tasks(base, int(config["omniglot_tasks"]), 0.1, data_dir)
-        return Setting(data, lambda ordering, k: omniglot.make_model(data.specs, ordering, base, seed, top_k=k),
+        return Setting(data, lambda ordering, k, g: omniglot.make_model(data.specs, ordering, base, seed, top_k=k, gating=g),
                        "test", int(base["batch_size"]), float(base["lr"]), iterations, eval_batch_size=256)
     raise ValueError(f"sparse-orders: unknown domain {domain!r}; expected some of {list(DOMAINS)}")
 
 
 def build(setting: Setting, method: str) -> Any:
     """The model of ``method`` (a name of :data:`METHODS`) for a setting."""
-    return setting.make_model("parallel" if method == "parallel" else "soft", TOP_K.get(method))
+    k, gating = TOP_K.get(method, (None, "gumbel"))
+    return setting.make_model("parallel" if method == "parallel" else "soft", k, gating)
 
 
 class SparseOrders(Experiment):
@@ -227,7 +231,9 @@ def time_steps(setting: Setting, config: Mapping[str, Any]) -> dict[str, Any]:
 def _train_step(model: Any, optimizer: torch.optim.Optimizer, data: Any, batch: Any) -> None:
     optimizer.zero_grad(set_to_none=True)
     outputs = model(batch.inputs, list(batch.targets))
-    torch.stack([data.spec(n).loss(outputs[n], t) for n, t in batch.targets.items()]).sum().backward()
+    loss = torch.stack([data.spec(n).loss(outputs[n], t) for n, t in batch.targets.items()]).sum()
+    extra = model.auxiliary_loss()
+    (loss if extra is None else loss + extra).backward()
     optimizer.step()
 
 

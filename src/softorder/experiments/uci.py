@@ -161,13 +161,13 @@ def load_tasks(config: Mapping[str, Any], data_dir: Path | None) -> Any:
     return uci.uci_tasks(data_dir, tasks=config["tasks"], split_seed=config["split_seed"], val_fraction=config["val_fraction"], verify=config["verify_data"])
 
 
-def make_model(specs: Sequence[Any], method: str, config: Mapping[str, Any], dropout: float, seed: int, *, top_k: int | None = None) -> Any:
+def make_model(specs: Sequence[Any], method: str, config: Mapping[str, Any], dropout: float, seed: int, *, top_k: int | None = None, gating: str = "gumbel") -> Any:
     """A.2's model: learned dense encoders, ``depth`` shared dense layers of ``width``, dense decoders.
     ``seed`` also draws the permuted orders: new ones every trial (A)."""
     from softorder.model import build_model
 
     return build_model(specs, ordering=method, layer="dense", width=config["width"], depth=config["depth"],
-                       encoder="learned", dropout=dropout, seed=seed, top_k=top_k)
+                       encoder="learned", dropout=dropout, seed=seed, top_k=top_k, gating=gating)
 
 
 def _at(result: Mapping[str, Any], iteration: int) -> float:
