@@ -199,6 +199,8 @@ def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsy
         assert set(rows) >= {"soft", "soft-annealed", "top-2", "top-1", "top-2-noisy", "parallel",
                              "soft, hardened k=1", "soft-annealed, hardened k=2"}
         assert all(0 <= row["error"]["mean"] <= 1 and row["error"]["n"] == 1 for row in rows.values())
+        assert rows["soft"]["vs_dense"]["mean"] == 0 and rows["top-1"]["vs_dense"]["n"] == 1
+        assert rows["top-1"]["vs_dense"]["mean"] == pytest.approx(rows["top-1"]["error"]["mean"] - rows["soft"]["error"]["mean"])
         assert rows["top-1"]["step_ms"] > 0 and rows["top-2-noisy"]["step_ms"] > 0 and rows["soft, hardened k=1"]["step_ms"] > 0
     assert "| dense soft, hardened (k = 1) |" in (tmp_path / "out" / "sparse_orders.md").read_text()
     header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]

@@ -238,35 +238,49 @@ def _train_step(model: Any, optimizer: torch.optim.Optimizer, data: Any, batch: 
 
 
 def domain_table(config: Mapping[str, Any], results: Mapping[str, dict[str, Any]], domain: str) -> dict[str, Any]:
-    """Per method (and hardened soft method): error mean and 95% interval over seeds, step time."""
+    """Per method (and hardened soft method): error mean and 95% interval over seeds, its difference
+    to dense soft ordering's error paired by seed (same seed: same data, tasks and start), step time."""
     rows: dict[str, Any] = {}
     step = results.get(f"{domain}/step-time", {}).get("median_ms", {})
-    for m in config["methods"]:
-        runs = [results[k] for t in range(int(config["trials"])) if (k := f"{domain}/{m}/trial={t}") in results]
-        rows[m] = {"label": LABELS[m], "error": mean_ci([r["error"] for r in runs]),
-                   "step_ms": step.get("soft" if m == "soft-annealed" else m)}  # annealing changes no arithmetic
-        if runs and "largest_weight" in runs[0]:
-            rows[m]["largest_weight"] = float(np.mean([r["largest_weight"] for r in runs]))
+    runs_of = {m: {t: results[k] for t in range(int(config["trials"])) if (k := f"{domain}/{m}/trial={t}") in results} for m in config["methods"]}
+    dense = {t: r["error"] for t, r in runs_of.get("soft", {}).items()}
+
+    def row(label: str, errors: Mapping[int, float], step_ms: float | None) -> dict[str, Any]:
+        paired = [e - dense[t] for t, e in errors.items() if t in dense]
+        return {"label": label, "error": mean_ci(list(errors.values())), "vs_dense": mean_ci(paired), "step_ms": step_ms}
+
+    for m, runs in runs_of.items():
+        rows[m] = row(LABELS[m], {t: r["error"] for t, r in runs.items()}, step.get("soft" if m == "soft-annealed" else m))  # annealing changes no arithmetic
+        if runs and "largest_weight" in next(iter(runs.values())):
+            rows[m]["largest_weight"] = float(np.mean([r["largest_weight"] for r in runs.values()]))
         for k in (str(k) for k in config["harden_k"]):
-            hard = [r["hardened_error"][k]["error"] for r in runs if k in r.get("hardened_error", {})]
+            hard = {t: r["hardened_error"][k]["error"] for t, r in runs.items() if k in r.get("hardened_error", {})}
             if hard:
-                rows[f"{m}, hardened k={k}"] = {"label": f"{LABELS[m]}, hardened (k = {k})", "error": mean_ci(hard),
-                                                "step_ms": step.get("hardened (k = 1)") if k == "1" else None}
+                rows[f"{m}, hardened k={k}"] = row(f"{LABELS[m]}, hardened (k = {k})", hard, step.get("hardened (k = 1)") if k == "1" else None)
     return rows
 
 
+def _percent(e: Mapping[str, float], sign: bool = False) -> str:
+    """mean ± 95% half-width in percent ('-' without values)."""
+    if e["n"] == 0:
+        return "-"
+    return f"{100 * e['mean']:{'+' if sign else ''}.2f}" + (f" ± {100 * e['ci95']:.2f}" if np.isfinite(e["ci95"]) else "")
+
+
 def markdown(config: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> str:
-    """One table per domain: error (%) mean ± 95% CI (n), step time and its ratio to dense soft's."""
+    """One table per domain: error (%) mean ± 95% CI (n), the paired difference to dense soft
+    ordering (points), step time and its ratio to dense soft's."""
     lines = []
     for domain, rows in tables.items():
         dense = (rows.get("soft") or {}).get("step_ms")
-        lines += [f"### {domain}", "", "| method | error (%) | n | step (ms) | step / dense soft | mean largest weight |", "|---|---|---|---|---|---|"]
+        lines += [f"### {domain}", "", "| method | error (%) | n | minus dense soft, paired by seed (points) | step (ms) | step / dense soft | mean largest weight |",
+                  "|---|---|---|---|---|---|---|"]
         for row in rows.values():
-            e, ms = row["error"], row.get("step_ms")
-            err = "-" if e["n"] == 0 else f"{100 * e['mean']:.2f}" + (f" ± {100 * e['ci95']:.2f}" if np.isfinite(e["ci95"]) else "")
+            ms = row.get("step_ms")
             ratio = f"{ms / dense:.2f}" if ms and dense else "-"
             weight = f"{row['largest_weight']:.2f}" if "largest_weight" in row else "-"
-            lines.append(f"| {row['label']} | {err} | {e['n']} | {f'{ms:.1f}' if ms else '-'} | {ratio} | {weight} |")
+            lines.append(f"| {row['label']} | {_percent(row['error'])} | {row['error']['n']} | {_percent(row['vs_dense'], sign=True)} | "
+                         f"{f'{ms:.1f}' if ms else '-'} | {ratio} | {weight} |")
         lines.append("")
     return "\n".join(lines)
 
