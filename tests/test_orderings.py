@@ -536,3 +536,23 @@ def test_dropout_keeps_channels_last_and_its_distribution():
     kept = out != 0
     torch.testing.assert_close(out[kept], 2 * h[kept])
     assert abs(float(kept.float().mean()) - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_permute_rows_equals_indexing_forward_and_backward(channels_last):
+    from softorder.orderings import permute_rows
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 4, 5)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    perm = torch.randperm(7)
+    inverse = torch.argsort(perm)
+    mine, plain = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weight = torch.randn(7, 3, 4, 5)
+    out = permute_rows(mine, perm, inverse)
+    assert torch.equal(out, plain[perm])
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    (out * weight).sum().backward()
+    (plain[perm] * weight).sum().backward()
+    assert torch.equal(mine.grad, plain.grad)
