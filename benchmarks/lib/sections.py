@@ -536,6 +536,44 @@ def section_sparse(cfg: dict) -> dict:
         table(f"{setting}: sparse and hardened orders, one training step", ["candidate", "median ms"], [[k, ms(v)] for k, v in times.items()])
         table(f"{setting}: ratios", ["ratio", "value", "per-round"], [[k, v["ratio"], v["median_round_ratio"]] for k, v in ratios.items()])
         out[setting] = {"median_ms": {k: ms(v) for k, v in times.items()}, "ratios": ratios}
+    out["routing"] = section_routing(cfg)
+    return out
+
+
+def section_routing(cfg: dict) -> dict:
+    """Where a hardened core's extra time goes: one depth (dense layers, forward and backward) as one
+    product, as four products on contiguous slices, and with the rows routed to four layers; and one
+    gather of rows by indexing against ``index_select``. At the MNIST-45 and CelebA core sizes."""
+    from softorder.orderings import apply_by_group
+
+    out = {}
+    for name, rows, width in (("mnist", 45 * 64, 64), ("celeba", 40 * 32, 256)):
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(width, width) for _ in range(4)]
+        x = torch.randn(rows, width, requires_grad=True)
+        group = torch.randint(0, 4, (rows,))
+        sizes = torch.bincount(group, minlength=4).tolist()
+        perm = torch.randperm(rows)
+        depth = {
+            "one product": lambda: torch.relu(layers[0](x)),
+            "four products on slices": lambda: torch.cat([torch.relu(f(r)) for f, r in zip(layers, x.split(sizes))]),
+            "four products, rows routed": lambda: apply_by_group(x, group, 4, lambda j, r: torch.relu(layers[j](r))),
+        }
+        data = x.detach()
+        calls = 10  # per timed sample: these take a millisecond or less
+
+        def repeated(f):
+            def run() -> None:
+                for _ in range(calls):  # each result dropped before the next call, as in a training step
+                    f()
+            return run
+
+        cands = {k: repeated(lambda f=f: f().sum().backward()) for k, f in depth.items()}
+        cands.update({"gather x[perm]": repeated(lambda: data[perm]), "gather index_select": repeated(lambda: data.index_select(0, perm))})
+        per_call = {k: ms(v) / calls for k, v in harness.interleaved(cands, 3 * cfg["reps"], warmup=2).items()}
+        table(f"{name} size ({rows} rows x {width}): one depth forward and backward; one gather", ["candidate", "median ms per call"],
+              [[k, v] for k, v in per_call.items()])
+        out[name] = {"median_ms_per_call": per_call}
     return out
 
 
