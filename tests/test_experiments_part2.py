@@ -378,3 +378,15 @@ def test_records_command_rebuilds_the_protocol_tables(tmp_path, capsys):
     assert "num_tasks=2_test_fraction=0.1_method=parallel_init=he_iterations=4_seed=0.json" in table
     assert main(["records", "omniglot", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder of trial records" in capsys.readouterr().err
+
+
+def test_the_start_question_table_counts_collapsed_runs_and_averages_the_others_apart():
+    from softorder.experiments.omniglot_records import _start_question
+
+    def record(init, seed, error, collapsed):
+        return {"num_tasks": 10, "method": "soft", "init": init, "seed": seed, "test_error": error,
+                "result": {"collapsed": collapsed, "dead_channel_share": 1.0 if collapsed else 0.0}}
+
+    table = _start_question([record("keras", 0, 0.97, True), record("keras", 1, 0.25, False), record("he", 0, 0.26, False)])
+    assert "| soft ordering | keras | 1 of 2 | 61.00 ± " in table and table.rstrip().count("| 25.00 (n=1) |") == 1
+    assert "| soft ordering | he | 0 of 1 | 26.00 (n=1) | 26.00 (n=1) |" in table

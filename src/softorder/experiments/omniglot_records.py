@@ -72,11 +72,14 @@ def _start_question(records: Sequence[Mapping[str, Any]]) -> str:
         res = r["result"]
         lines.append(f"| {LABELS[r['method']]} | {r['init']} | {r['seed']} | {100 * r['test_error']:.2f} | "
                      f"{'yes' if res['collapsed'] else 'no'} | {100 * res['dead_channel_share']:.1f}% |")
-    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(r["method"], r["init"])].append(r["test_error"])
-    lines += ["", "| method | start | mean test error (%) |", "|---|---|---|"]
-    lines += [f"| {LABELS[m]} | {i} | {_cell(v)} |" for (m, i), v in sorted(groups.items())]
+        groups[(r["method"], r["init"])].append(r)
+    lines += ["", "| method | start | collapsed | mean test error (%), all runs | mean test error (%), runs that did not collapse |", "|---|---|---|---|---|"]
+    for (m, i), runs in sorted(groups.items()):
+        learned = [r["test_error"] for r in runs if not r["result"]["collapsed"]]
+        lines.append(f"| {LABELS[m]} | {i} | {len(runs) - len(learned)} of {len(runs)} | {_cell([r['test_error'] for r in runs])} | "
+                     f"{_cell(learned) if learned else '-'} |")
     lines.append("\nCollapsed: the mean test error ended above 0.9 times chance's (stuck near chance).\n")
     return "\n".join(lines)
 
