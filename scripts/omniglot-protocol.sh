@@ -14,7 +14,8 @@
 # Each finished trial writes its record to results/omniglot/ (commit it); a trial whose record is
 # there is skipped, so the script resumes where it stopped. One thread per trial (THREADS=N to
 # change it, e.g. THREADS=2 for one trial alone on a two-core machine); run two one-thread queues
-# side by side on a two-core machine.
+# side by side on a two-core machine. To stop a queue, stop its whole process group (e.g. `kill -- -PGID`,
+# PGID from `ps -o pgid`): killing the script alone leaves its xargs running, which starts the next trial.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 queue=${1:?usage: [THREADS=N] [JOBS=N] $0 soft50|init10|others|all [DATA_DIR]}
