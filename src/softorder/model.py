@@ -242,8 +242,8 @@ def build_model(
     'linear-shared' (one linear map shared by all tasks, Sec. 5), or a module shared by all tasks
     (e.g. a CNN trunk, Sec. 4.4) whose output has ``encoder_features`` (default ``width``) features.
     ``top_k`` (soft ordering only) evaluates each task's k highest-weighted layers per depth,
-    drawn in training by ``gating`` ('gumbel' or 'noisy'; beyond the paper: :mod:`softorder.sparse`). Parameters are initialised from ``seed``; the
-    global random state is left as it was.
+    drawn in training by ``gating`` ('gumbel' or 'noisy'; beyond the paper: :mod:`softorder.sparse`).
+    Parameters are initialised from ``seed``; the global random state is left as it was.
     """
     if not specs:
         raise ValueError("build_model needs at least one task")

@@ -232,8 +232,7 @@ def _default_temperature(module: nn.Module, state_dict: dict, prefix: str, *args
 def apply_by_group(h: Tensor, group: Tensor, num_groups: int, fn: Callable[[int, Tensor], Tensor]) -> Tensor:
     """``fn(g, rows)`` on the rows of each group g (group (N,) of indices below num_groups), results
     put back in the rows' order: one call per group present, never one per row."""
-    perm, counts = sort_by_group(group, num_groups)
-    inverse = inverse_permutation(perm)
+    perm, inverse, counts = sort_by_group(group, num_groups)
     sizes = counts.tolist()
     out = torch.cat([fn(g, rows) for g, rows in enumerate(permute_rows(h, perm, inverse).split(sizes)) if sizes[g] > 0])
     return permute_rows(out, inverse, perm)
@@ -265,9 +264,12 @@ def permute_rows(x: Tensor, perm: Tensor, inverse: Tensor) -> Tensor:
     return _PermuteRows.apply(x, perm, inverse)
 
 
-def sort_by_group(group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
-    """The permutation that sorts rows by group (stable), and the rows per group (num_groups,)."""
-    return torch.argsort(group, stable=True), torch.bincount(group, minlength=num_groups)
+def sort_by_group(group: Tensor, num_groups: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The permutation that sorts rows by group (stable), its inverse (for :func:`permute_rows`),
+    and the rows per group (num_groups,)."""
+    perm = torch.argsort(group, stable=True)
+    inverse = torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
+    return perm, inverse, torch.bincount(group, minlength=num_groups)
 
 
 def pad_groups(rows: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -280,11 +282,6 @@ def pad_groups(rows: Tensor, sizes: Tensor) -> tuple[Tensor, Tensor | None]:
     offsets = torch.repeat_interleave(torch.arange(len(sizes), device=rows.device) * per_group, sizes)
     slot = offsets + torch.arange(rows.shape[0], device=rows.device) - torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes)
     return rows.new_zeros(len(sizes) * per_group, *rows.shape[1:]).index_copy(0, slot, rows), slot
-
-
-def inverse_permutation(perm: Tensor) -> Tensor:
-    """The permutation that puts rows taken in ``perm`` order back in their places."""
-    return torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
 
 
 def _per_row(w: Tensor, y: Tensor) -> Tensor:
@@ -422,8 +419,7 @@ class SingleTaskCores(OrderedCore):
         self._check_task(h, task)
         if not self._grouped:  # other modules: one task's rows at a time
             return apply_by_group(self._pad(h), task, self.num_tasks, self._through_copy)
-        perm, counts = sort_by_group(task, self.num_tasks)
-        inverse = inverse_permutation(perm)
+        perm, inverse, counts = sort_by_group(task, self.num_tasks)
         return permute_rows(self._through_copies(permute_rows(h, perm, inverse), counts), inverse, perm)
 
     def _through_copy(self, t: int, rows: Tensor) -> Tensor:
