@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softorder import ConvPool, Dense, ParallelOrdering, PermutedOrdering, SingleTaskCores, SoftOrdering
+from softorder.orderings import HardOrdering
 from softorder.reference import hard_ordering_loop, soft_ordering_loop
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -556,3 +557,60 @@ def test_permute_rows_equals_indexing_forward_and_backward(channels_last):
     (out * weight).sum().backward()
     (plain[perm] * weight).sum().backward()
     assert torch.equal(mine.grad, plain.grad)
+
+
+# --- hard orders of Dense layers on training batches: one batched product over the task runs -----
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_width", [6, 2])
+def test_hard_ordering_by_task_runs_equals_loop(input_width, bias):
+    """Rows in equal runs of one task each (a training batch, tasks in any order, one task in two
+    runs) take the batched path; forward and gradients equal the plain loop, and a layer no task
+    uses gets no gradient, as on the routed path."""
+    torch.manual_seed(20)
+    layers = [Dense(6, bias=bias) for _ in range(4)]
+    order = torch.tensor([[0, 2, 1], [2, 2, 0], [1, 0, 2], [0, 1, 2]])  # layer 3 is never used
+    core = HardOrdering(layers, 4, order, dropout=0.0)
+    task = torch.tensor([2, 0, 3, 2]).repeat_interleave(7)  # runs of 7 rows, at least the width
+    h = torch.randn(28, input_width, requires_grad=True)
+    assert torch.equal(core._task_runs(task), torch.tensor([2, 0, 3, 2]))
+    params = [h] + [p for l in layers[:3] for p in l.parameters()]
+    reference = lambda: hard_ordering_loop(layers, order, h, task, width=6)  # noqa: E731
+    torch.testing.assert_close(core(h, task), reference(), **TOL)
+    weight = torch.randn(28, 6)
+    for a, b in zip(grads_of(params, lambda: (core(h, task) * weight).sum()), grads_of(params, lambda: (reference() * weight).sum())):
+        torch.testing.assert_close(a, b, **TOL)
+    core(h, task).sum().backward()
+    assert layers[3].weight.grad is None and layers[0].weight.grad is not None
+
+
+def test_task_runs_are_taken_only_where_they_pay():
+    """Runs shorter than the width, unequal runs, rows not in runs, other layers: routed by layer."""
+    core = HardOrdering([Dense(4) for _ in range(2)], 3, torch.tensor([[0, 1], [1, 0], [0, 0]]), dropout=0.0)
+    assert core._task_runs(torch.tensor([0, 1, 2]).repeat_interleave(4)) is not None
+    assert core._task_runs(torch.tensor([0, 1, 2]).repeat_interleave(3)) is None  # 3 rows < width 4
+    assert core._task_runs(torch.tensor([0] * 4 + [1] * 5)) is None
+    assert core._task_runs(torch.tensor([0, 1] * 4)) is None
+    user = HardOrdering([UserLayer(4) for _ in range(2)], 2, torch.tensor([[0, 1], [1, 0]]), dropout=0.0)
+    assert user._task_runs(torch.tensor([0, 1]).repeat_interleave(8)) is None
+
+
+def test_hard_ordering_by_task_runs_forward_shared_equals_repeated_rows():
+    """The shared-rows path (runs from depth 1) equals forward on repeated rows, dropout masks
+    and gradients included."""
+    torch.manual_seed(21)
+    core = PermutedOrdering([Dense(4) for _ in range(3)], 4, seed=3, dropout=0.5)
+    z, tasks = torch.randn(5, 4, requires_grad=True), torch.tensor([2, 0, 3])
+    assert core._task_runs(tasks.repeat_interleave(5)) is not None
+    params = [z] + list(core.parameters())
+    torch.manual_seed(10)
+    shared = core.forward_shared(z, tasks)
+    torch.manual_seed(10)
+    torch.testing.assert_close(shared, core(z.repeat(3, 1), tasks.repeat_interleave(5)), **TOL)
+    torch.manual_seed(10)
+    g_shared = grads_of(params, lambda: core.forward_shared(z, tasks).pow(2).sum())
+    torch.manual_seed(10)
+    g_rep = grads_of(params, lambda: core(z.repeat(3, 1), tasks.repeat_interleave(5)).pow(2).sum())
+    for a, b in zip(g_shared, g_rep):
+        torch.testing.assert_close(a, b, **TOL)

@@ -221,3 +221,33 @@ def test_sparse_orders_preset_end_to_end_and_resume(tmp_path, monkeypatch, capsy
         run_experiment(get_experiment("sparse-orders"), tmp_path / "d", quick=True, overrides={**tiny, "records": str(records), "domains": ["uci"], "uci_iterations": 6}, data_dir=data)
     with pytest.raises(ValueError, match="unknown domain"):
         get_experiment("sparse-orders").trials(get_experiment("sparse-orders").resolve_config(True, {"domains": ["cifar"]}))
+
+
+@pytest.mark.parametrize("case", ["relu", "tanh", "one layer"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_top_k_by_task_runs_equals_routed_rows(k, case):
+    """A training batch (equal runs of one task each, at least the width) takes one batched product
+    per slot over the runs, the mixing weights folded into the runs' weights for ReLU, applied after
+    for tanh; the same rows shuffled are routed by layer. Outputs and every gradient
+    (straight-through weights included) agree, also where every task chose the same layer."""
+    torch.manual_seed(5)
+    core = TopKSoftOrdering([Dense(4, activation="tanh" if case == "tanh" else "relu") for _ in range(3)], 5, k=k, sample=False)
+    with torch.no_grad():
+        core.logits.normal_(0, 2)
+        if case == "one layer":
+            core.logits[:, 1] += 10.0  # layer 1 first everywhere
+    task = torch.tensor([3, 1, 4, 0]).repeat_interleave(5)
+    h = torch.randn(20, 3, requires_grad=True)  # narrow: read as zero-padded to 4
+    shuffle = torch.randperm(20)
+    assert core._task_runs(task) is not None and core._task_runs(task[shuffle]) is None
+    params = [h, *core.parameters()]
+    weight = torch.randn(20, 4)
+    by_runs = core(h, task)
+    grads = torch.autograd.grad((by_runs * weight).sum(), params, allow_unused=True)
+    routed = core(h[shuffle], task[shuffle])[torch.argsort(shuffle)]
+    routed_grads = torch.autograd.grad((routed * weight).sum(), params, allow_unused=True)
+    torch.testing.assert_close(by_runs, routed, **TOL)
+    for a, b in zip(grads, routed_grads):
+        assert (a is None) == (b is None)  # with k = 1 and one layer chosen, the others get none
+        if a is not None:
+            torch.testing.assert_close(a, b, **TOL)

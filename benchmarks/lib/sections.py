@@ -541,23 +541,30 @@ def section_sparse(cfg: dict) -> dict:
 
 
 def section_routing(cfg: dict) -> dict:
-    """Where a hardened core's extra time goes: one depth (dense layers, forward and backward) as one
-    product, as four products on contiguous slices, and with the rows routed to four layers; and one
-    gather of rows by indexing against ``index_select``. At the MNIST-45 and CelebA core sizes."""
+    """Where a hardened core's extra time goes: one depth (ReLU dense layers, forward and backward) as
+    one product, as four products on contiguous slices, with the rows routed to four layers, and as
+    one batched product over the tasks' runs of rows (each run its task's layer, as a training batch
+    takes); and one gather of rows by indexing against ``index_select``. At the MNIST-45 and CelebA
+    core sizes."""
+    from softorder import Dense
+    from softorder._kernels import dense_by_runs
     from softorder.orderings import apply_by_group
 
     out = {}
-    for name, rows, width in (("mnist", 45 * 64, 64), ("celeba", 40 * 32, 256)):
+    for name, runs, run, width in (("mnist", 45, 64, 64), ("celeba", 40, 32, 256)):
         torch.manual_seed(0)
-        layers = [torch.nn.Linear(width, width) for _ in range(4)]
+        rows = runs * run
+        layers = [Dense(width) for _ in range(4)]
         x = torch.randn(rows, width, requires_grad=True)
         group = torch.randint(0, 4, (rows,))
+        layer_of_run = torch.randint(0, 4, (runs,))
         sizes = torch.bincount(group, minlength=4).tolist()
         perm = torch.randperm(rows)
         depth = {
-            "one product": lambda: torch.relu(layers[0](x)),
-            "four products on slices": lambda: torch.cat([torch.relu(f(r)) for f, r in zip(layers, x.split(sizes))]),
-            "four products, rows routed": lambda: apply_by_group(x, group, 4, lambda j, r: torch.relu(layers[j](r))),
+            "one product": lambda: layers[0](x),
+            "four products on slices": lambda: torch.cat([f(r) for f, r in zip(layers, x.split(sizes))]),
+            "four products, rows routed": lambda: apply_by_group(x, group, 4, lambda j, r: layers[j](r)),
+            f"by task runs ({runs} runs of {run})": lambda: dense_by_runs(layers, layer_of_run, x),
         }
         data = x.detach()
         calls = 10  # per timed sample: these take a millisecond or less

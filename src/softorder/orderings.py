@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from softorder._kernels import dropout, fused_soft_ordering, grouped_forward, grouped_to_rows, rows_to_grouped
+from softorder._kernels import dense_by_runs, dropout, fused_soft_ordering, grouped_forward, grouped_to_rows, rows_to_grouped
 from softorder._kernels.mixing import check_identity_shape
 from softorder.layers import ConvPool, Dense, fused_bank, layer_width, pad_channels
 
@@ -58,6 +58,8 @@ class OrderedCore(nn.Module):
             raise ValueError(f"the shared layers must all have one width, so that any can follow any other; got widths {sorted(widths)}")
         self.width = widths.pop() if len(widths) == 1 else None  # None: user modules
         self._layers_read_narrow = all(isinstance(l, (Dense, ConvPool)) for l in layers)
+        bank = fused_bank(layers)
+        self._dense_bank = bank is not None and bank.kind == "dense"
 
     @property
     def num_layers(self) -> int:
@@ -115,6 +117,28 @@ class OrderedCore(nn.Module):
         """A narrow input as the layers will read it: as it is for the library's layers (which read
         missing channels as zeros without making them), zero-padded for any other module."""
         return h if self._layers_read_narrow else self._pad(h)
+
+    def _task_runs(self, task: Tensor) -> Tensor | None:
+        """The task of each run when the rows form equal runs of one task each (a training batch),
+        long enough to use :meth:`_through_runs`; else None (the rows are then routed by layer)."""
+        if not self._dense_bank or task.numel() == 0:
+            return None
+        changes = (task[1:] != task[:-1]).nonzero()
+        run = int(changes[0]) + 1 if changes.numel() else task.numel()
+        # each run's layer weights are copied for the batched product: worth it once the run has
+        # at least as many rows as the weights have (measured: docs/extensions.md, step time)
+        if run < self.width or task.numel() % run:
+            return None
+        starts = task[::run]
+        return starts if bool((task.view(-1, run) == starts.unsqueeze(1)).all()) else None
+
+    def _through_runs(self, h: Tensor, layer_of_run: Tensor, scale: Tensor | None = None) -> Tensor:
+        """Rows in G equal runs (G * n, C); run g through layer ``layer_of_run[g]``, times
+        ``scale[g]`` (G,) when given: one batched product over the runs, no rows moved. -> (G * n, C)."""
+        if not bool((layer_of_run == layer_of_run[0]).all()):
+            return dense_by_runs(self.layers, layer_of_run, h, scale)
+        y = self._apply_checked(int(layer_of_run[0]), h)
+        return y if scale is None else (scale.view(-1, 1, 1) * y.view(scale.shape[0], -1, y.shape[1])).view_as(y)
 
     def _apply_checked(self, j: int, h: Tensor) -> Tensor:
         """Layer j on h, checking it keeps the channel count so that layers can follow each other."""
@@ -293,7 +317,9 @@ class HardOrdering(OrderedCore):
     """A fixed layer per task and depth, ``order[t, k]``; each row goes through exactly one layer.
 
     Rows are grouped by the layer they use at each depth (a loop over layers, never over tasks), so
-    the cost is that of a plain network of the same depth.
+    the cost is that of a plain network of the same depth. A training batch of the library's Dense
+    layers, whose rows come in equal runs of one task each, runs instead as one batched product per
+    depth over the runs, each with its task's layer, so no rows are moved.
     """
 
     def __init__(self, layers: Sequence[nn.Module], num_tasks: int, order: Tensor, dropout: float) -> None:
@@ -312,19 +338,22 @@ class HardOrdering(OrderedCore):
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         """Eq. 2 / Eq. 3: at depth k every row goes through its task's layer ``order[t, k]``."""
         self._check_task(h, task)
-        return self._through(self._widen(h), self.order[task], first_depth=0)
+        return self._through(self._widen(h), task, first_depth=0)
 
     def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
         tasks = self._check_shared(z, tasks)
         first = self.order[tasks, 0]  # (T,): each task's layer at depth 0, run once per distinct layer
         outs = {j: self._apply_checked(j, self._widen(z)) for j in first.unique().tolist()}
         h = self._drop(torch.cat([outs[j] for j in first.tolist()]))  # (T * B, ...), task-major
-        return self._through(h, self.order[tasks.repeat_interleave(z.shape[0])], first_depth=1)
+        return self._through(h, tasks.repeat_interleave(z.shape[0]), first_depth=1)
 
-    def _through(self, h: Tensor, route: Tensor, first_depth: int) -> Tensor:
-        """Depths ``first_depth``.. : row n through layer ``route[n, k]``, then dropout; route (N, depth)."""
+    def _through(self, h: Tensor, task: Tensor, first_depth: int) -> Tensor:
+        """Depths ``first_depth``.. : row n through its task's layer ``order[task[n], k]``, then dropout."""
+        same_order = bool((self.order == self.order[0]).all())  # parallel ordering: one product per depth
+        runs = None if same_order else self._task_runs(task)
+        route = self.order[task] if runs is None else self.order[runs]  # (N or runs, depth)
         for k in range(first_depth, self.depth):
-            h = self._drop(self._route(h, route[:, k]))
+            h = self._drop(self._route(h, route[:, k]) if runs is None else self._through_runs(h, route[:, k]))
         return h
 
     def _route(self, h: Tensor, layer_of_row: Tensor) -> Tensor:

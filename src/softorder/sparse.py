@@ -5,7 +5,8 @@ in training and at inference. Two ways out:
 
 - :class:`TopKSoftOrdering` evaluates, for each task and depth, only the k layers of highest weight,
   mixed with their weights renormalised over those k. Each layer runs only on the rows of the tasks
-  that selected it (rows grouped by layer, one call per layer), so a step costs about
+  that selected it (rows grouped by layer, one call per layer; a training batch of Dense layers,
+  in equal runs of one task each, as one batched product over the runs), so a step costs about
   k / L of dense soft ordering's layer work; rows given to every task run the first depth once. In training the
   k layers are drawn without replacement in proportion to the softmax weights (Gumbel top-k), so
   every layer stays reachable, and the gradient reaches all of S through a straight-through term:
@@ -102,25 +103,30 @@ class TopKSoftOrdering(SoftOrdering):
     def forward(self, h: Tensor, task: Tensor) -> Tensor:
         self._check_task(h, task)
         chosen, weights = self.selection()
-        return self._depths(self._widen(h), chosen[task], weights[task], first=0)
+        return self._depths(self._widen(h), task, chosen, weights, first=0)
 
     def forward_shared(self, z: Tensor, tasks: Tensor) -> Tensor:
         """Rows given to every task: at the first depth each chosen layer runs once on the B rows
         (dropout and weights then per task), as dense soft ordering's forward_shared does."""
         tasks = self._check_shared(z, tasks)
-        chosen, weights = self.selection()
-        chosen, weights = chosen[tasks], weights[tasks]  # (T, k, depth)
+        every_chosen, every_weight = self.selection()
+        chosen, weights = every_chosen[tasks], every_weight[tasks]  # (T, k, depth)
         x = self._widen(z)
         outs = {j: self._apply_checked(j, x) for j in chosen[:, :, 0].unique().tolist()}
         per_row = lambda w: w.repeat_interleave(z.shape[0], dim=0)  # noqa: E731  (T, ...) -> (T * B, ...)
         h = sum(_per_row(per_row(weights[:, i, 0]), self._drop(torch.cat([outs[j] for j in chosen[:, i, 0].tolist()])))
                 for i in range(self.k))
-        return self._depths(h, per_row(chosen), per_row(weights), first=1)
+        return self._depths(h, tasks.repeat_interleave(z.shape[0]), every_chosen, every_weight, first=1)
 
-    def _depths(self, h: Tensor, chosen: Tensor, weights: Tensor, first: int) -> Tensor:
-        """Depths ``first``.. : chosen and weights (N, k, depth) for each row."""
+    def _depths(self, h: Tensor, task: Tensor, chosen: Tensor, weights: Tensor, first: int) -> Tensor:
+        """Depths ``first``.. of rows h (N, ...) of tasks ``task`` (N,); chosen and weights
+        (num_tasks, k, depth). Rows in equal runs of one task each go by runs, others by layer."""
+        runs = self._task_runs(task)
+        by = task if runs is None else runs
+        chosen, weights = chosen[by], weights[by]  # (N or runs, k, depth)
+        depth = self._sparse_depth if runs is None else self._sparse_depth_runs
         for d in range(first, self.depth):
-            h = self._sparse_depth(self._widen(h), chosen[:, :, d], weights[:, :, d])
+            h = depth(self._widen(h), chosen[:, :, d], weights[:, :, d])
         return h
 
     def _sparse_depth(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
@@ -129,6 +135,16 @@ class TopKSoftOrdering(SoftOrdering):
         pairs = x if self.k == 1 else x.repeat(self.k, *([1] * (x.dim() - 1)))  # slot-major: row r of slot i at i * N + r
         y = _per_row(weights.t().flatten(), apply_by_group(pairs, chosen.t().flatten(), self.num_layers, self._layer_then_dropout))
         return y if self.k == 1 else y.view(self.k, x.shape[0], *y.shape[1:]).sum(dim=0)
+
+    def _sparse_depth_runs(self, x: Tensor, chosen: Tensor, weights: Tensor) -> Tensor:
+        """x (G * n, C) in G equal runs of one task each, chosen and weights (G, k) per run ->
+        (G * n, C): per slot one batched product over the runs, weighted per run (dropout after the
+        weighting: both scale elementwise, so the order does not matter), summed."""
+        out = None
+        for i in range(self.k):
+            y = self._drop(self._through_runs(x, chosen[:, i], scale=weights[:, i]))
+            out = y if out is None else out + y
+        return out
 
     def _layer_then_dropout(self, j: int, rows: Tensor) -> Tensor:
         return self._drop(self._apply_checked(j, rows))

@@ -4,12 +4,12 @@
 - :mod:`.mixing`: soft ordering's fused depth, ReLU, dropout and mixing in one autograd node.
 - :mod:`.conv`: convolution + max-pooling of few-channel inputs, block by block in cache.
 - :mod:`.bank`: the library's layers run as one operation per depth (:class:`FusedBank`,
-  :func:`grouped_forward`).
+  :func:`grouped_forward`, :func:`dense_by_runs`).
 
 Every fast path is tested equal to the plain code it replaces (tests/test_orderings.py).
 """
 
-from softorder._kernels.bank import POOL_COMMUTES, FusedBank, conv_pool, grouped_forward, grouped_to_rows, rows_to_grouped
+from softorder._kernels.bank import POOL_COMMUTES, FusedBank, conv_pool, dense_by_runs, grouped_forward, grouped_to_rows, rows_to_grouped
 from softorder._kernels.conv import NARROW_CONTRACTION, narrow_conv_max_pool
 from softorder._kernels.masks import dropout, keep_mask
 from softorder._kernels.mixing import fused_soft_ordering, mix
@@ -19,6 +19,7 @@ __all__ = [
     "POOL_COMMUTES",
     "FusedBank",
     "conv_pool",
+    "dense_by_runs",
     "dropout",
     "fused_soft_ordering",
     "grouped_forward",
