@@ -149,9 +149,10 @@ def dense_by_runs(layers: Sequence[Any], layer_of_run: Tensor, x: Tensor, scale:
 
     Each run's weights are picked by a product with a one-hot (G, L') matrix over the L' layers the
     runs use, whose backward sums the runs' weight gradients per layer in one product (indexing's
-    scatter-add backward measured twice as slow); layers no run uses get no gradient, as when
-    routed. The weights are stacked transposed, (c, C) per run, the layout the batched product
-    reads fastest (measured 1.15x one plain product against 1.5x untransposed: docs/extensions.md).
+    backward would be a scatter-add); layers no run uses get no gradient, as when routed. The
+    weights are stacked transposed, (c, C) per run, so the batched product reads plain row-major
+    matrices. Pays where a run has at least as many rows as the layer has outputs (one depth,
+    measured: docs/extensions.md, "Step time").
     """
     used, local = torch.unique(layer_of_run, return_inverse=True)
     chosen = [layers[j] for j in used.tolist()]
