@@ -125,8 +125,8 @@ class OrderedCore(nn.Module):
             return None
         changes = (task[1:] != task[:-1]).nonzero()
         run = int(changes[0]) + 1 if changes.numel() else task.numel()
-        # each run's layer weights are copied for the batched product: worth it once the run has
-        # at least as many rows as the weights have (measured: docs/extensions.md, step time)
+        # each run gets a copy of its layer's weights (C x C) for the batched product: worth it once
+        # a run has at least C rows (measured: docs/extensions.md, "Step time")
         if run < self.width or task.numel() % run:
             return None
         starts = task[::run]
