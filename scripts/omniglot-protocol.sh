@@ -7,7 +7,7 @@
 #         (a training step takes 1.4 s at one thread on an AVX-512 Xeon, 4.4 s on an AVX2 EPYC: 2 to 6 h
 #         a trial, which fits a 3-hour session only on the former, alone).
 # init10: the start question alone (below), shortest trials first.
-# others: the same for parallel (3 seeds at 10%, 1 at 20%), permuted and single task (1 seed at 10%),
+# others: the same for parallel (3 seeds at 10%, 1 at 20%), permuted and single task (1 seed at 10% and 20%),
 #         and the start question: 10 alphabets, 5,000 iterations, soft and parallel ordering with
 #         He-normal and Keras (Glorot-uniform) starts, 3 seeds each.
 # all:    every trial, JOBS (default 1) at a time: for a machine with a GPU (device "auto" uses it).
@@ -36,6 +36,7 @@ grid() {  # every trial of the protocol, one per line: tasks fraction method ini
   echo "50 0.2 soft he 0"
   for seed in 0 1 2; do echo "50 0.1 parallel he $seed"; done
   echo "50 0.1 permuted he 0"; echo "50 0.1 single he 0"; echo "50 0.2 parallel he 0"
+  echo "50 0.2 permuted he 0"; echo "50 0.2 single he 0"
   for init in he keras; do for seed in 0 1 2; do echo "10 0.1 parallel $init $seed"; done; done
   for seed in 0 1 2; do for init in he keras; do echo "10 0.1 soft $init $seed"; done; done
 }
