@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from softorder._kernels import dense_by_runs, dropout, fused_soft_ordering, grouped_forward, grouped_to_rows, rows_to_grouped
+from softorder._kernels import dense_by_runs, dropout, fused_soft_ordering, grouped_forward, grouped_to_rows, rows_to_grouped, scale_runs
 from softorder._kernels.mixing import check_identity_shape
 from softorder.layers import ConvPool, Dense, fused_bank, layer_width, pad_channels
 
@@ -58,8 +58,8 @@ class OrderedCore(nn.Module):
             raise ValueError(f"the shared layers must all have one width, so that any can follow any other; got widths {sorted(widths)}")
         self.width = widths.pop() if len(widths) == 1 else None  # None: user modules
         self._layers_read_narrow = all(isinstance(l, (Dense, ConvPool)) for l in layers)
-        bank = fused_bank(layers)
-        self._dense_bank = bank is not None and bank.kind == "dense"
+        self._bank = fused_bank(layers)  # the library's layers of one configuration, else None
+        self._dense_bank = self._bank is not None and self._bank.kind == "dense"
 
     @property
     def num_layers(self) -> int:
@@ -138,7 +138,7 @@ class OrderedCore(nn.Module):
         if not bool((layer_of_run == layer_of_run[0]).all()):
             return dense_by_runs(self.layers, layer_of_run, h, scale)
         y = self._apply_checked(int(layer_of_run[0]), h)
-        return y if scale is None else (scale.view(-1, 1, 1) * y.view(scale.shape[0], -1, y.shape[1])).view_as(y)
+        return y if scale is None else scale_runs(y, scale)
 
     def _apply_checked(self, j: int, h: Tensor) -> Tensor:
         """Layer j on h, checking it keeps the channel count so that layers can follow each other."""
@@ -188,7 +188,6 @@ class SoftOrdering(OrderedCore):
         self.register_load_state_dict_post_hook(lambda module, _keys: module._sync_temperature())
         rows = self.num_layers + int(self.identity_layer)
         self.logits = nn.Parameter(torch.zeros(self.num_tasks, rows, self.depth))
-        self._bank = fused_bank(self.layers)
 
     @classmethod
     def from_options(cls, make_layers: Callable[[], Sequence[nn.Module]], num_tasks: int, *, dropout: float = 0.0,

@@ -9,7 +9,16 @@
 Every fast path is tested equal to the plain code it replaces (tests/test_orderings.py).
 """
 
-from softorder._kernels.bank import POOL_COMMUTES, FusedBank, conv_pool, dense_by_runs, grouped_forward, grouped_to_rows, rows_to_grouped
+from softorder._kernels.bank import (
+    POOL_COMMUTES,
+    FusedBank,
+    conv_pool,
+    dense_by_runs,
+    grouped_forward,
+    grouped_to_rows,
+    rows_to_grouped,
+    scale_runs,
+)
 from softorder._kernels.conv import NARROW_CONTRACTION, narrow_conv_max_pool
 from softorder._kernels.masks import dropout, keep_mask
 from softorder._kernels.mixing import fused_soft_ordering, mix
@@ -28,4 +37,5 @@ __all__ = [
     "mix",
     "narrow_conv_max_pool",
     "rows_to_grouped",
+    "scale_runs",
 ]

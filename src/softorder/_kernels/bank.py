@@ -17,6 +17,7 @@ from torch import Tensor
 from softorder._kernels.conv import NARROW_CONTRACTION, narrow_conv_max_pool
 
 POOL_COMMUTES = ("relu", "identity")  # max_pool(phi(x)) == phi(max_pool(x)), in value and gradient
+SCALE_COMMUTES = ("relu", "identity")  # phi(s * x) == s * phi(x) for every s >= 0
 
 
 def activate(y: Tensor, layer: Any) -> Tensor:
@@ -158,7 +159,7 @@ def dense_by_runs(layers: Sequence[Any], layer_of_run: Tensor, x: Tensor, scale:
     chosen = [layers[j] for j in used.tolist()]
     first, runs, c = chosen[0], layer_of_run.shape[0], x.shape[1]
     pick = F.one_hot(local, len(chosen)).to(x.dtype)  # (G, L')
-    folded = scale is not None and first.activation in POOL_COMMUTES
+    folded = scale is not None and first.activation in SCALE_COMMUTES
     if folded:
         pick = pick * scale.unsqueeze(1)
     weight = torch.stack([l.weight[:, :c].t() for l in chosen])  # (L', c, C)
@@ -168,10 +169,13 @@ def dense_by_runs(layers: Sequence[Any], layer_of_run: Tensor, x: Tensor, scale:
         y = torch.bmm(rows, per_run)
     else:
         y = torch.baddbmm((pick @ torch.stack([l.bias for l in chosen])).unsqueeze(1), rows, per_run)
-    y = first.phi(y)
-    if scale is not None and not folded:
-        y = scale.view(runs, 1, 1) * y
-    return y.view(x.shape[0], -1)
+    y = first.phi(y).view(x.shape[0], -1)
+    return scale_runs(y, scale) if scale is not None and not folded else y
+
+
+def scale_runs(y: Tensor, scale: Tensor) -> Tensor:
+    """Rows y (G * n, C) in G equal runs, run g times ``scale[g]`` (G,)."""
+    return (scale.view(-1, 1, 1) * y.view(scale.shape[0], -1, y.shape[1])).view_as(y)
 
 
 def rows_to_grouped(h: Tensor, groups: int) -> Tensor:
